@@ -1,0 +1,159 @@
+"""PassManager: runs passes in order, checks their declared requirements, instruments them,
+and in debug mode verifies the IR and checks numerics against the reference interpreter
+after every pass."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from compiler.errors import CompilerError, NumericsError, PassError
+from compiler.ir.interpreter import run as run_reference
+from compiler.ir.printer import parameter_count
+from compiler.ir.verifier import verify
+from passes.base import Pass, Property, available_passes, get_pass
+
+
+@dataclass
+class PassRecord:
+    """What one pass did: whether it changed the model, how long it took, IR size around it."""
+
+    name: str
+    modified: bool
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    bytes_before: int
+    bytes_after: int
+    max_error: float | None = None  #: debug mode: max |output - original output| after this pass
+
+
+@dataclass
+class PipelineResult:
+    """The optimized model and one record per pass that ran."""
+
+    model: ir.Model
+    records: list[PassRecord] = field(default_factory=list)
+
+    @property
+    def applied(self) -> list[str]:
+        """Names of the passes that changed the model."""
+        return [r.name for r in self.records if r.modified]
+
+
+def _max_relative_error(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """(max abs error, max abs error / max |ref|) over all outputs."""
+    abs_err, rel_err = 0.0, 0.0
+    for name, r in ref.items():
+        g = got.get(name)
+        if g is None or g.shape != r.shape:
+            return float("inf"), float("inf")
+        if r.size == 0:
+            continue
+        rf, gf = r.astype(np.float64), g.astype(np.float64)
+        err = float(np.max(np.abs(rf - gf)))
+        scale = max(float(np.max(np.abs(rf))), 1e-6)
+        abs_err, rel_err = max(abs_err, err), max(rel_err, err / scale)
+    return abs_err, rel_err
+
+
+class PassManager:
+    """Runs a sequence of passes (instances or registered names).
+
+    ``debug=True`` runs :func:`compiler.ir.verify` after every pass, and when
+    ``reference_inputs`` are given, runs the reference interpreter after every pass that
+    changed the model and raises :class:`NumericsError` naming the first pass whose
+    output drifts from the original model's by more than its ``numerics_tolerance``.
+    """
+
+    def __init__(
+        self,
+        passes: Sequence[Pass | str],
+        *,
+        debug: bool = False,
+        reference_inputs: Mapping[str, np.ndarray] | None = None,
+        initial_properties: Sequence[Property] = (),
+    ) -> None:
+        self.passes: list[Pass] = [get_pass(p)() if isinstance(p, str) else p for p in passes]
+        self.debug = debug
+        self.reference_inputs = dict(reference_inputs) if reference_inputs is not None else None
+        self.initial_properties = set(initial_properties)
+        self._check_order()
+
+    def _check_order(self) -> None:
+        """Fail early, before running anything, if a pass's requirements cannot hold when it runs."""
+        providers: dict[Property, list[str]] = {}
+        for name, cls in available_passes().items():
+            for prop in cls.guarantees:
+                providers.setdefault(prop, []).append(name)
+        have = set(self.initial_properties)
+        for p in self.passes:
+            missing = p.required - have
+            if missing:
+                hints = "; ".join(
+                    f"'{m.value}' is established by {', '.join(providers.get(m, [])) or 'no registered pass'}"
+                    for m in sorted(missing, key=lambda m: m.value)
+                )
+                raise PassError(f"requirements not met: {hints}. Run such a pass before it.", pass_name=p.name)
+            have = (have - p.invalidates) | p.guarantees
+
+    def run(self, model: ir.Model) -> PipelineResult:
+        """Run every pass in place on ``model``; returns it with per-pass records."""
+        result = PipelineResult(model)
+        reference = None
+        if self.debug:
+            verify(model, pass_name="<input>")
+            if self.reference_inputs is not None:
+                reference = run_reference(model, self.reference_inputs)
+        for p in self.passes:
+            nodes_before, (_, bytes_before) = len(model.graph), parameter_count(model)
+            start = time.perf_counter()
+            try:
+                pass_result = p(model)
+            except CompilerError as exc:
+                if exc.pass_name is None:
+                    exc.pass_name = p.name
+                    exc.args = (exc._format(),)
+                raise
+            except Exception as exc:
+                raise PassError(f"pass crashed: {type(exc).__name__}: {exc}", pass_name=p.name) from exc
+            seconds = time.perf_counter() - start
+            model = pass_result.model
+            record = PassRecord(
+                p.name,
+                pass_result.modified,
+                seconds,
+                nodes_before,
+                len(model.graph),
+                bytes_before,
+                parameter_count(model)[1],
+            )
+            result.records.append(record)
+            if self.debug:
+                verify(model, pass_name=p.name)
+                if reference is not None and self.reference_inputs is not None:
+                    self._check_numerics(p, model, self.reference_inputs, reference, record)
+        result.model = model
+        return result
+
+    @staticmethod
+    def _check_numerics(
+        p: Pass,
+        model: ir.Model,
+        inputs: Mapping[str, np.ndarray],
+        reference: Mapping[str, np.ndarray],
+        record: PassRecord,
+    ) -> None:
+        got = run_reference(model, inputs)
+        abs_err, rel_err = _max_relative_error(reference, got)
+        record.max_error = abs_err
+        if p.numerics_tolerance is not None and rel_err > p.numerics_tolerance:
+            raise NumericsError(
+                f"outputs changed by {abs_err:.3g} (relative {rel_err:.3g}) after this pass; "
+                f"allowed relative change is {p.numerics_tolerance:g}",
+                pass_name=p.name,
+            )
