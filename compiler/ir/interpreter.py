@@ -32,7 +32,7 @@ def constant_value(value: ir.Value) -> np.ndarray | None:
 
 def check_feeds(graph: ir.Graph, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Validate ``feeds`` against the graph inputs (names, dtypes, static dims); return arrays."""
-    expected = {v.name: v for v in graph.inputs}
+    expected = {v.name or "": v for v in graph.inputs}
     missing = [n for n in expected if n not in feeds]
     unknown = [n for n in feeds if n not in expected]
     if missing or unknown:
@@ -91,7 +91,7 @@ class Interpreter:
         arrays = check_feeds(self.graph, feeds)
         env: dict[ir.Value, np.ndarray] = {}
         for v in self.graph.inputs:
-            env[v] = arrays[v.name]
+            env[v] = arrays[v.name or ""]
         for v in self.graph.initializers.values():
             if v not in env:
                 c = constant_value(v)
@@ -107,11 +107,11 @@ class Interpreter:
                     kept[value.name] = arr
             if hook is not None:
                 hook(node, outputs)
-        result = {}
+        result: dict[str, np.ndarray] = {}
         for v in self.graph.outputs:
             if v not in env:
                 raise InterpreterError(f"graph output '{v.name}' was never computed")
-            result[v.name] = env[v]
+            result[v.name or ""] = env[v]
         result.update(kept)
         return result
 
@@ -119,7 +119,9 @@ class Interpreter:
     def _run_node(node: ir.Node, env: Mapping[ir.Value, np.ndarray]) -> list[np.ndarray]:
         opdef = lookup(node.domain, node.op_type)
         if opdef is None:
-            raise InterpreterError(f"no reference kernel for {node.domain or 'ai.onnx'}::{node.op_type}", node=node.name)
+            raise InterpreterError(
+                f"no reference kernel for {node.domain or 'ai.onnx'}::{node.op_type}", node=node.name
+            )
         inputs: list[np.ndarray | None] = []
         for value in node.inputs:
             if value is None or value.name == "":
@@ -127,7 +129,9 @@ class Interpreter:
             elif value in env:
                 inputs.append(env[value])
             else:
-                raise InterpreterError(f"input '{value.name}' is not available (graph not in topological order?)", node=node.name)
+                raise InterpreterError(
+                    f"input '{value.name}' is not available (graph not in topological order?)", node=node.name
+                )
         try:
             outputs = [np.asarray(o) for o in opdef.kernel(node, inputs)]
         except InterpreterError:

@@ -39,9 +39,8 @@ def _type_proto(value: ir.Value) -> onnx.TypeProto | None:
 def _merge(value: ir.Value, dtype: ir.DataType | None, shape: ir.Shape | None) -> None:
     if dtype is not None and dtype != ir.DataType.UNDEFINED:
         value.dtype = dtype
-    if shape is not None:
-        if value.shape is None or _more_specific(shape, value.shape):
-            value.shape = shape
+    if shape is not None and (value.shape is None or _more_specific(shape, value.shape)):
+        value.shape = shape
 
 
 def _more_specific(new: ir.Shape, old: ir.Shape) -> bool:
@@ -66,24 +65,26 @@ def infer_node(node: ir.Node, opset_imports: dict[str, int]) -> None:
         return  # unknown op: the verifier reports it
     input_types: dict[str, onnx.TypeProto] = {}
     input_data: dict[str, onnx.TensorProto] = {}
-    for value in node.inputs:
-        if value is None or not value.name:
+    for operand in node.inputs:
+        if operand is None or not operand.name:
             continue
-        tp = _type_proto(value)
+        tp = _type_proto(operand)
         if tp is None:
             return  # an input of unknown type: nothing to infer from yet
-        input_types[value.name] = tp
-        const = value.const_value
+        input_types[operand.name] = tp
+        const = operand.const_value
         if const is not None and const.size <= _MAX_DATA_ELEMENTS:
-            input_data[value.name] = ir.serde.serialize_tensor(const)
+            input_data[operand.name] = ir.serde.serialize_tensor(const)
     node_proto = ir.serde.serialize_node(node)
     opsets = [onnx.helper.make_opsetid(d, v) for d, v in opset_imports.items()]
     try:
-        result = onnx.shape_inference.infer_node_outputs(schema, node_proto, input_types, input_data, opset_imports=opsets)
+        result = onnx.shape_inference.infer_node_outputs(
+            schema, node_proto, input_types, input_data, opset_imports=opsets
+        )
     except Exception as exc:  # onnx raises InferenceError / RuntimeError with its own text
         raise CompilerError(f"shape inference failed for {node.op_type}: {exc}", node=node.name) from exc
     for value in node.outputs:
-        tp = result.get(value.name)
+        tp = result.get(value.name or "")
         if tp is None or not tp.HasField("tensor_type"):
             continue
         ty = ir.serde.deserialize_type_proto_for_type(tp)

@@ -69,13 +69,15 @@ def infer_fused_matmul(node: ir.Node) -> Sequence[tuple[ir.DataType, ir.Shape | 
     dtype = a.dtype if a is not None and a.dtype is not None else ir.DataType.FLOAT
     if a is None or b is None or a.shape is None or b.shape is None:
         return [(dtype, None)]
-    sa, sb = list(a.shape), list(b.shape)
+    sa: list[int | ir.SymbolicDim] = list(a.shape)
+    sb: list[int | ir.SymbolicDim] = list(b.shape)
     if len(sa) < 2 or len(sb) < 2:
         return [(dtype, None)]  # vector operands: left to the verifier's consistency check
     batch_a, batch_b = sa[:-2], sb[:-2]
     n = max(len(batch_a), len(batch_b))
-    batch_a = [1] * (n - len(batch_a)) + batch_a
-    batch_b = [1] * (n - len(batch_b)) + batch_b
+    one: list[int | ir.SymbolicDim] = [1]
+    batch_a = one * (n - len(batch_a)) + batch_a
+    batch_b = one * (n - len(batch_b)) + batch_b
     batch = [db if da == 1 else da for da, db in zip(batch_a, batch_b)]
     return [(dtype, ir.Shape([*batch, sa[-2], sb[-1]]))]
 

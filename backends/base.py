@@ -1,0 +1,50 @@
+"""What every backend provides: build an IR model into something that runs it."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Options every backend understands."""
+
+    num_threads: int | None = None  #: intra-op threads; None = the engine's default
+
+
+class Executable(ABC):
+    """A built model. ``run`` takes inputs by name and returns outputs in graph order."""
+
+    #: A short description of where it runs (e.g. ``llvm -mcpu=znver3``), for reports.
+    description: str = ""
+
+    @abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once on ``feeds``; returns one array per graph output."""
+
+    def benchmark(self, feeds: Mapping[str, np.ndarray], *, repeat: int = 20, warmup: int = 3) -> float:
+        """Median wall time of ``run`` in milliseconds after ``warmup`` runs."""
+        for _ in range(warmup):
+            self.run(feeds)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self.run(feeds)
+            times.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(times))
+
+
+class Backend(ABC):
+    """A compilation target."""
+
+    name: str = ""
+
+    @abstractmethod
+    def build(self, model: ir.Model, options: BuildOptions) -> Executable:
+        """Build ``model`` (not modified) into an :class:`Executable`."""

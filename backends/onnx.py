@@ -1,0 +1,97 @@
+"""The ``onnx`` target: export standard ONNX (cacc ops decomposed) and run it in ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from backends.base import Backend, BuildOptions, Executable
+from compiler.errors import BackendError
+from compiler.ir.ops.registry import CACC_DOMAIN
+
+# Protobuf cannot serialize a message over 2 GiB; larger models need external data.
+_PROTO_LIMIT = 2**31 - 1
+
+
+def to_standard_onnx(model: ir.Model) -> onnx.ModelProto:
+    """A standard ONNX ``ModelProto`` for ``model`` (not modified): cacc ops are decomposed
+    into standard ops, the cacc opset import is dropped, and the result passes
+    ``onnx.checker`` with ``full_check=True``."""
+    from passes.decompose import decompose_cacc_ops
+
+    work = model.clone() if any(n.domain == CACC_DOMAIN for n in model.graph) else model
+    if work is not model:
+        decompose_cacc_ops(work)
+        work.opset_imports.pop(CACC_DOMAIN, None)
+    leftover = sorted({n.op_type for n in work.graph if n.domain not in ("", "ai.onnx")})
+    if leftover:
+        raise BackendError(f"cannot export non-standard ops to ONNX: {', '.join(leftover)}")
+    proto = ir.to_proto(work)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise BackendError(f"exported ONNX does not pass onnx.checker: {exc}") from exc
+    return proto
+
+
+def export_onnx(model: ir.Model, path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` as a standard ONNX file at ``path`` and return the path."""
+    proto = to_standard_onnx(model)
+    out = Path(path)
+    if proto.ByteSize() > _PROTO_LIMIT:
+        raise BackendError("model is larger than 2 GiB; external-data export is not supported yet", path=str(out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(proto, str(out))
+    except OSError as exc:
+        raise BackendError(f"could not write ONNX file: {exc}", path=str(out)) from exc
+    return out
+
+
+def ort_session(proto: onnx.ModelProto | bytes, num_threads: int | None = None) -> object:
+    """An ``onnxruntime.InferenceSession`` on the CPU with ``num_threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    data = proto if isinstance(proto, bytes) else proto.SerializeToString()
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise BackendError(f"onnxruntime could not load the model: {exc}") from exc
+
+
+class OrtExecutable(Executable):
+    """A model running in ONNX Runtime (CPU execution provider)."""
+
+    def __init__(self, proto: onnx.ModelProto, num_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self._session = ort_session(proto, num_threads)
+        self._outputs = [o.name for o in proto.graph.output]
+        self.description = f"onnxruntime {ort.__version__} CPU" + (f", {num_threads} threads" if num_threads else "")
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the ORT session."""
+        try:
+            return list(self._session.run(self._outputs, dict(feeds)))  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed: {exc}") from exc
+
+
+class OnnxBackend(Backend):
+    """Target ``onnx``: standard ONNX run by ONNX Runtime."""
+
+    name = "onnx"
+
+    def build(self, model: ir.Model, options: BuildOptions) -> Executable:
+        """Export to standard ONNX and open an ORT session."""
+        return OrtExecutable(to_standard_onnx(model), options.num_threads)

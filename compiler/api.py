@@ -1,0 +1,179 @@
+"""The public entry points: ``compile`` and ``load``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from backends import BuildOptions, Executable, get_backend
+from compiler.compiled_model import CompiledModel
+from compiler.config import CompileConfig
+from compiler.errors import BackendError, CompilerError
+from compiler.frontends import import_model, is_torch_module
+from compiler.ir.interpreter import run as run_reference
+from compiler.ir.printer import op_histogram, parameter_count
+from compiler.report import PassSummary, Report
+from passes.manager import PassManager
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model).name
+    if isinstance(model, bytes):
+        return "<onnx bytes>"
+    return type(model).__name__
+
+
+def _example_arrays(example_inputs: Any) -> list[np.ndarray] | None:
+    if example_inputs is None:
+        return None
+    items = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    out = []
+    for x in items:
+        out.append(x.detach().cpu().numpy() if type(x).__module__.startswith("torch") else np.asarray(x))
+    return out
+
+
+def synthesize_inputs(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs matching the model's signature: small random floats, zeros for integer inputs
+    (safe as indices), symbolic dimensions set to 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in model.graph.inputs:
+        dtype = v.dtype.numpy() if v.dtype is not None else np.dtype(np.float32)
+        shape = [d if isinstance(d, int) else 1 for d in (v.shape or [])]
+        if np.issubdtype(dtype, np.floating):
+            feeds[v.name or ""] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[v.name or ""] = np.ones(shape, dtype=dtype)
+        else:
+            feeds[v.name or ""] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def _torch_reference(module: Any, example_inputs: Any) -> list[np.ndarray]:
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    args = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    with torch.no_grad():
+        leaves, _ = tree_flatten(module(*args))
+    return [t.detach().cpu().numpy() for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def _max_abs_error(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
+    if len(ref) != len(got):
+        raise CompilerError(f"compiled model has {len(got)} outputs, the original {len(ref)}")
+    err = 0.0
+    for r, g in zip(ref, got):
+        if r.shape != g.shape:
+            raise CompilerError(f"compiled output shape {list(g.shape)} differs from the original {list(r.shape)}")
+        if r.size:
+            err = max(err, float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))))
+    return err
+
+
+def build_for_target(model: ir.Model, config: CompileConfig) -> tuple[Executable, float]:
+    """Build ``model`` for ``config.target``; returns (executable, seconds)."""
+    start = time.perf_counter()
+    backend = get_backend(config.target)
+    try:
+        executable = backend.build(model, BuildOptions(num_threads=config.num_threads))
+    except CompilerError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"building for target '{config.target}' failed: {type(exc).__name__}: {exc}") from exc
+    return executable, time.perf_counter() - start
+
+
+def compile(
+    model: Any,
+    example_inputs: Any = None,
+    *,
+    target: str = "x86",
+    passes: Sequence[str] | None = None,
+    num_threads: int | None = None,
+    dynamic_batch: bool = False,
+    debug: bool = False,
+    measure: bool = True,
+    input_names: Sequence[str] | None = None,
+) -> CompiledModel:
+    """Compile ``model`` for ``target`` and return a :class:`CompiledModel`.
+
+    ``model`` is a ``torch.nn.Module`` / ``torch.fx.GraphModule`` (with ``example_inputs``),
+    or an ONNX model (path, bytes, ``onnx.ModelProto``, ``onnx_ir.Model``). ``passes``
+    defaults to :data:`compiler.config.DEFAULT_PASSES`; ``debug`` verifies the IR and checks
+    numerics after every pass; ``measure`` times the result and ONNX Runtime for the report.
+    """
+    start = time.perf_counter()
+    config = CompileConfig(
+        target=target,
+        num_threads=num_threads or os.cpu_count() or 1,
+        dynamic_batch=dynamic_batch,
+        debug=debug,
+        measure=measure,
+    )
+    if passes is not None:
+        config.passes = list(passes)
+    get_backend(target)  # an unknown target fails before any expensive work
+    module = model
+    model_ir = import_model(model, example_inputs, dynamic_batch=dynamic_batch, input_names=input_names)
+    nodes_before = len(model_ir.graph)
+    original_bytes = parameter_count(model_ir)[1]
+    original_proto = ir.to_proto(model_ir) if measure else None
+
+    feeds = synthesize_inputs(model_ir)
+    arrays = _example_arrays(example_inputs)
+    if arrays is not None and len(arrays) == len(model_ir.graph.inputs):
+        feeds = {v.name or "": a for v, a in zip(model_ir.graph.inputs, arrays)}
+    if is_torch_module(module) and example_inputs is not None:
+        reference, error_reference = _torch_reference(module, example_inputs), "torch fp32"
+    else:
+        result = run_reference(model_ir, feeds)
+        reference = [result[v.name or ""] for v in model_ir.graph.outputs]
+        error_reference = "reference interpreter on the input model"
+
+    pipeline = PassManager(config.passes, debug=debug, reference_inputs=feeds if debug else None).run(model_ir)
+    model_ir = pipeline.model
+    executable, build_seconds = build_for_target(model_ir, config)
+    outputs = executable.run(feeds)
+
+    report = Report(
+        model=_model_name(module),
+        target=target,
+        target_description=executable.description,
+        parameters=parameter_count(model_ir)[0],
+        size_bytes=parameter_count(model_ir)[1],
+        original_size_bytes=original_bytes,
+        nodes_before=nodes_before,
+        nodes_after=len(model_ir.graph),
+        op_counts=dict(op_histogram(model_ir)),
+        passes=[
+            PassSummary(r.name, r.modified, r.seconds, r.nodes_before, r.nodes_after, r.bytes_before, r.bytes_after)
+            for r in pipeline.records
+        ],
+        max_abs_error=_max_abs_error(reference, outputs),
+        error_reference=error_reference,
+        num_threads=config.num_threads,
+        build_seconds=build_seconds,
+    )
+    if measure and original_proto is not None:
+        from backends.onnx import OrtExecutable
+
+        report.latency_ms = executable.benchmark(feeds)
+        report.ort_latency_ms = OrtExecutable(original_proto, config.num_threads).benchmark(feeds)
+    report.compile_seconds = time.perf_counter() - start
+    return CompiledModel(model_ir, executable, config, report)
+
+
+def load(path: str | os.PathLike[str]) -> CompiledModel:
+    """Load a model saved with :meth:`CompiledModel.save` and rebuild it for its target."""
+    from compiler.serialization import load_compiled
+
+    return load_compiled(path)

@@ -1,0 +1,157 @@
+"""The ``cacc`` command line: compile, export-onnx, inspect, bench, passes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import CompilerError
+
+
+def _resolve(model: str) -> tuple[Any, Any]:
+    """(model, example_inputs) for a path to an ONNX file or the name of a shipped model."""
+    path = Path(model)
+    if path.suffix == ".onnx" or path.exists():
+        return str(path), None
+    import models
+
+    if model in models.available():
+        spec = models.get(model)
+        return spec.module, spec.example_inputs
+    raise CompilerError(f"'{model}' is neither an ONNX file nor a shipped model ({', '.join(models.available())})")
+
+
+def _passes(arg: str | None) -> list[str] | None:
+    if arg is None:
+        return None
+    return [p for p in (s.strip() for s in arg.split(",")) if p]
+
+
+def _compile(args: argparse.Namespace, target: str, measure: bool) -> Any:
+    import compiler
+
+    model, example = _resolve(args.model)
+    return compiler.compile(
+        model,
+        example,
+        target=target,
+        passes=_passes(args.passes),
+        num_threads=args.num_threads,
+        debug=args.debug,
+        measure=measure,
+    )
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """``cacc compile MODEL``: compile, print the report, optionally save."""
+    cm = _compile(args, args.target, measure=not args.no_measure)
+    print(cm.report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(cm.report.to_dict(), indent=1))
+    if args.output:
+        print(f"saved {cm.save(args.output)}")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    """``cacc export-onnx MODEL -o out.onnx``: optimize and write standard ONNX."""
+    cm = _compile(args, "onnx", measure=False)
+    print(f"wrote {cm.export_onnx(args.output)} (max abs error {cm.report.max_abs_error:.3g})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``cacc inspect MODEL``: print the IR and op statistics (ONNX, .cacc, or shipped model)."""
+    from compiler.frontends import import_model
+    from compiler.ir import format_graph, op_histogram, parameter_count
+
+    if args.model.endswith(".cacc"):
+        from compiler.serialization import read_compiled
+
+        _, model = read_compiled(args.model)
+    else:
+        source, example = _resolve(args.model)
+        model = import_model(source, example)
+    print(format_graph(model, max_nodes=args.max_nodes))
+    count, nbytes = parameter_count(model)
+    print(f"\n{len(model.graph)} nodes, {count:,} parameters ({nbytes / 1e6:.2f} MB)")
+    for op, n in op_histogram(model).most_common():
+        print(f"  {op:<28} {n}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``cacc bench MODEL``: latency of the compiled model next to ONNX Runtime."""
+    cm = _compile(args, args.target, measure=True)
+    r = cm.report
+    print(f"{r.model} on {r.target} ({r.target_description}), {r.num_threads} threads")
+    print(f"  cacc          {r.latency_ms:8.2f} ms")
+    if r.ort_latency_ms:
+        print(f"  onnxruntime   {r.ort_latency_ms:8.2f} ms   (cacc / ORT = {r.latency_ms / r.ort_latency_ms:.2f}x)")
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    """``cacc passes``: list registered passes."""
+    from passes import available_passes
+
+    for name, cls in available_passes().items():
+        print(f"{name:<24} {cls.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="cacc", description="cacc: a compression-aware neural network compiler")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, *, target: bool = True) -> None:
+        p.add_argument("model", help="an .onnx file or a shipped model name (minilm, efficientnet_lite0, fmnist_cnn)")
+        if target:
+            p.add_argument("--target", default="x86", help="x86, onnx or reference (default x86)")
+        p.add_argument("--passes", help="comma-separated pass names (default: the standard pipeline)")
+        p.add_argument("--num-threads", type=int, default=None, help="threads for the compiled model and ORT")
+        p.add_argument("--debug", action="store_true", help="verify IR and check numerics after every pass")
+
+    p = sub.add_parser("compile", help="compile a model and print its report")
+    common(p)
+    p.add_argument("-o", "--output", help="save the compiled model (.cacc)")
+    p.add_argument("--json", help="also write the report as JSON")
+    p.add_argument("--no-measure", action="store_true", help="skip latency measurement")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("export-onnx", help="optimize a model and write standard ONNX")
+    common(p, target=False)
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("inspect", help="print the IR and op statistics")
+    p.add_argument("model", help="an .onnx or .cacc file, or a shipped model name")
+    p.add_argument("--max-nodes", type=int, default=None, help="print at most this many nodes")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("bench", help="time the compiled model against ONNX Runtime")
+    common(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("passes", help="list the available passes")
+    p.set_defaults(func=cmd_passes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cacc`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CompilerError as exc:
+        print(f"cacc: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The compile report: what was done to the model and what it cost or gained."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.2f} MB"
+
+
+@dataclass
+class PassSummary:
+    """One pass as it appears in the report."""
+
+    name: str
+    modified: bool
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclass
+class Report:
+    """What ``compile`` did; ``print(report)`` shows it as a table, ``to_dict()`` as JSON."""
+
+    model: str
+    target: str
+    target_description: str = ""
+    parameters: int = 0
+    size_bytes: int = 0
+    original_size_bytes: int = 0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    op_counts: dict[str, int] = field(default_factory=dict)
+    passes: list[PassSummary] = field(default_factory=list)
+    max_abs_error: float | None = None
+    error_reference: str = ""  #: what ``max_abs_error`` was measured against
+    latency_ms: float | None = None
+    ort_latency_ms: float | None = None
+    num_threads: int | None = None
+    compile_seconds: float = 0.0
+    build_seconds: float = 0.0
+
+    @property
+    def passes_applied(self) -> list[str]:
+        """Names of the passes that changed the model."""
+        return [p.name for p in self.passes if p.modified]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Inverse of :meth:`to_dict`."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["passes"] = [PassSummary(**p) for p in fields.get("passes", [])]
+        return cls(**fields)
+
+    def __str__(self) -> str:
+        rows: list[tuple[str, str]] = [
+            ("target", f"{self.target} ({self.target_description})" if self.target_description else self.target),
+            ("parameters", f"{self.parameters:,}"),
+            ("size", f"{_mb(self.size_bytes)} (input model {_mb(self.original_size_bytes)})"),
+            ("nodes", f"{self.nodes_before} -> {self.nodes_after}"),
+        ]
+        if self.max_abs_error is not None:
+            rows.append(("max abs error", f"{self.max_abs_error:.3g} vs {self.error_reference}"))
+        if self.latency_ms is not None:
+            threads = f", {self.num_threads} threads" if self.num_threads else ""
+            latency = f"{self.latency_ms:.2f} ms{threads}"
+            if self.ort_latency_ms:
+                ratio = self.latency_ms / self.ort_latency_ms
+                latency += f" (ONNX Runtime fp32 {self.ort_latency_ms:.2f} ms, ratio {ratio:.2f}x)"
+            rows.append(("latency", latency))
+        rows.append(("compile time", f"{self.compile_seconds:.1f} s (target build {self.build_seconds:.1f} s)"))
+        width = max(len(k) for k, _ in rows)
+        lines = [f"cacc report: {self.model}"]
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+        if self.passes:
+            lines.append("  passes:")
+            name_w = max(len(p.name) for p in self.passes)
+            lines.append(f"    {'pass'.ljust(name_w)}  changed   time(s)  nodes        weights")
+            for p in self.passes:
+                lines.append(
+                    f"    {p.name.ljust(name_w)}  {'yes' if p.modified else 'no ':<8} {p.seconds:8.3f}  "
+                    f"{f'{p.nodes_before}->{p.nodes_after}':<12} {_mb(p.bytes_after)}"
+                )
+        if self.op_counts:
+            ops = ", ".join(f"{k} {v}" for k, v in sorted(self.op_counts.items(), key=lambda kv: -kv[1]))
+            lines.append(f"  ops: {ops}")
+        return "\n".join(lines)
