@@ -1,0 +1,150 @@
+"""Public API: compile, CompiledModel (call, export, save/load), report, typed errors."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import compiler
+from tests.helpers import mlp_proto, ort_run
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.relu6(self.bn(self.conv(x)))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 16, 16)
+    return net, x
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_target(tiny):
+    net, x = tiny
+    return compiler.compile(net, (x,), target="onnx", measure=False)
+
+
+def test_compile_torch_matches_torch(tiny, tiny_onnx_target):
+    net, x = tiny
+    cm = tiny_onnx_target
+    expected = net(x).detach().numpy()
+    np.testing.assert_allclose(cm(x.numpy()), expected, rtol=1e-4, atol=1e-5)
+    out = cm(x)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert cm.report.max_abs_error is not None and cm.report.max_abs_error < 1e-4
+    assert cm.report.error_reference == "torch fp32"
+
+
+def test_report_lists_passes_and_prints_a_table(tiny_onnx_target):
+    report = tiny_onnx_target.report
+    assert [p.name for p in report.passes] == list(compiler.DEFAULT_PASSES)
+    assert report.parameters == sum(p.numel() for p in TinyNet().parameters())
+    text = str(report)
+    assert "cacc report: TinyNet" in text
+    assert "max abs error" in text
+    for name in compiler.DEFAULT_PASSES:
+        assert name in text
+    json.dumps(report.to_dict())  # JSON-ready
+
+
+def test_reference_target_and_debug_mode(tiny):
+    net, x = tiny
+    cm = compiler.compile(net, (x,), target="reference", debug=True, measure=False)
+    np.testing.assert_allclose(cm(x.numpy()), net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_inputs_name_the_signature(tiny_onnx_target):
+    cm = tiny_onnx_target
+    name = cm.input_names[0]
+    with pytest.raises(compiler.InputSignatureError, match=rf"{name}: float32\[1,3,16,16\]"):
+        cm(np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(compiler.InputSignatureError, match="dtype float64"):
+        cm(np.zeros((1, 3, 16, 16)))
+    with pytest.raises(compiler.InputSignatureError, match="expected 1 input"):
+        cm(np.zeros((1, 3, 16, 16), np.float32), np.zeros(1, np.float32))
+    with pytest.raises(compiler.InputSignatureError, match="missing"):
+        cm()
+
+
+def test_export_onnx_passes_checker_and_matches(tmp_path, tiny, tiny_onnx_target):
+    net, x = tiny
+    path = tiny_onnx_target.export_onnx(tmp_path / "tiny.opt.onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+    (out,) = ort_run(proto, {proto.graph.input[0].name: x.numpy()})
+    np.testing.assert_allclose(out, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path, tiny, tiny_onnx_target):
+    net, x = tiny
+    path = tiny_onnx_target.save(tmp_path / "tiny.cacc")
+    loaded = compiler.load(path)
+    np.testing.assert_allclose(loaded(x.numpy()), tiny_onnx_target(x.numpy()), rtol=0, atol=0)
+    assert loaded.report.passes_applied == tiny_onnx_target.report.passes_applied
+    assert loaded.config.target == "onnx"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "garbage", "wrong_format", "future_version", "bad_graph", "missing"],
+)
+def test_corrupt_saved_files_raise_serialization_error(tmp_path, tiny_onnx_target, damage):
+    good = tiny_onnx_target.save(tmp_path / "good.cacc")
+    bad = tmp_path / "bad.cacc"
+    data = good.read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        bad.write_bytes(b"this is not a zip file at all")
+    elif damage in ("wrong_format", "future_version", "bad_graph"):
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+            manifest = json.loads(src.read("manifest.json"))
+            model = src.read("model.onnx")
+            if damage == "wrong_format":
+                manifest["format"] = "something-else"
+            if damage == "future_version":
+                manifest["version"] = 99
+            if damage == "bad_graph":
+                model = b"\xff" * 64
+            dst.writestr("manifest.json", json.dumps(manifest))
+            dst.writestr("model.onnx", model)
+    with pytest.raises(compiler.SerializationError) as info:
+        compiler.load(bad)
+    assert info.value.path == str(bad)
+
+
+def test_compile_onnx_without_example_inputs():
+    proto = mlp_proto()
+    cm = compiler.compile(proto, target="onnx", measure=False)
+    x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_allclose(cm(x), ort_run(proto, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    assert cm.report.error_reference == "reference interpreter on the input model"
+    assert cm.report.nodes_after < cm.report.nodes_before  # Identity removed, bias/activation fused
+
+
+def test_unknown_target_and_pass():
+    with pytest.raises(compiler.BackendError, match="unknown target 'tpu'.*x86"):
+        compiler.compile(mlp_proto(), target="tpu")
+    with pytest.raises(compiler.PassError, match="unknown pass 'magic'.*fold_constants"):
+        compiler.compile(mlp_proto(), target="onnx", passes=["magic"])
