@@ -97,7 +97,7 @@ def test_export_onnx_passes_checker_and_matches(tmp_path, tiny, tiny_onnx_target
 
 
 def test_save_load_round_trip(tmp_path, tiny, tiny_onnx_target):
-    net, x = tiny
+    _net, x = tiny
     path = tiny_onnx_target.save(tmp_path / "tiny.cacc")
     loaded = compiler.load(path)
     np.testing.assert_allclose(loaded(x.numpy()), tiny_onnx_target(x.numpy()), rtol=0, atol=0)
@@ -144,7 +144,7 @@ def test_compile_onnx_without_example_inputs():
 
 
 def test_unknown_target_and_pass():
-    with pytest.raises(compiler.BackendError, match="unknown target 'tpu'.*x86"):
+    with pytest.raises(compiler.BackendError, match=r"unknown target 'tpu'.*x86"):
         compiler.compile(mlp_proto(), target="tpu")
-    with pytest.raises(compiler.PassError, match="unknown pass 'magic'.*fold_constants"):
+    with pytest.raises(compiler.PassError, match=r"unknown pass 'magic'.*fold_constants"):
         compiler.compile(mlp_proto(), target="onnx", passes=["magic"])

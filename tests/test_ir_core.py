@@ -67,7 +67,7 @@ def test_cacc_fused_ops_infer_shapes():
     b = ir.Value(name="b", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([3, 6, 2]))
     mm = ir.node("FusedMatMul", [a, b], {"activation": ""}, domain="cacc")
     graph = ir.Graph([x, w, a, b], [conv.outputs[0], mm.outputs[0]], nodes=[conv, mm], opset_imports={"": 20})
-    model = infer_shapes(ir.Model(graph, ir_version=10))
+    infer_shapes(ir.Model(graph, ir_version=10))
     assert list(conv.outputs[0].shape) == [1, 8, 5, 5]
     assert list(mm.outputs[0].shape) == [4, 3, 5, 2]
 
