@@ -133,6 +133,15 @@ def test_elementwise(op: str, inputs: list[Any], attrs: dict[str, Any], kw: dict
     check_op(op, inputs, attrs, **kw)
 
 
+HALF = rand(2, 3, 4).astype(np.float16)
+
+
+@pytest.mark.parametrize("op", ["Add", "Relu", "Sigmoid", "Tanh", "Exp", "Erf", "HardSwish", "Gelu", "LeakyRelu"])
+def test_float16_stays_float16(op: str) -> None:
+    (out,) = check_op(op, [HALF, HALF] if op == "Add" else [HALF], rtol=2e-3, atol=2e-3)
+    assert out.dtype == np.float16
+
+
 def test_dropout_inference_is_identity_with_true_mask() -> None:
     ours = check_op("Dropout", [X, np.array(0.5, F)], n_outputs=2, const=[1])
     assert ours[1].all()
@@ -178,6 +187,9 @@ NN = [
     ),
     case("ConvTranspose", [IMG, rand(4, 2, 3, 3, seed=1)], {"group": 2, "dilations": [2, 2]}, id="group-dil"),
     case("ConvTranspose", [IMG, rand(4, 3, 3, 3, seed=1)], {"strides": [2, 2], "output_shape": [19, 19]}, id="oshape"),
+    case("ConvTranspose", [IMG, rand(4, 3, 3, 3, seed=1)], {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, id="same-u"),
+    case("ConvTranspose", [IMG, rand(4, 3, 3, 3, seed=1)], {"auto_pad": "SAME_LOWER", "strides": [2, 2]}, id="same-l"),
+    case("ConvTranspose", [IMG, rand(4, 3, 3, 3, seed=1)], {"strides": [3, 2], "pads": [0, 1, 2, 0]}, id="asym"),
     case("MatMul", [rand(3, 4), rand(4, 5, seed=1)]),
     case("MatMul", [rand(2, 3, 4), rand(4, 5, seed=1)], id="batched"),
     case("MatMul", [rand(2, 1, 3, 4), rand(3, 4, 2, seed=1)], id="bcast"),
@@ -192,6 +204,15 @@ NN = [
     case("MaxPool", [IMG], {"kernel_shape": [2, 2], "dilations": [2, 2]}, id="dil"),
     case("MaxPool", [IMG2], {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, id="same"),
     case("MaxPool", [rand(1, 2, 10)], {"kernel_shape": [3], "strides": [2]}, id="1d"),
+    case(
+        "MaxPool",
+        [rand(1, 2, 6, 6, dtype=np.int8, lo=-100, hi=100)],
+        {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1]},
+        id="int8",
+    ),
+    case("MaxPool", [IMG], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, n_outputs=2, id="idx"),
+    case("MaxPool", [IMG2], {"kernel_shape": [2, 3], "storage_order": 1}, n_outputs=2, id="idx-colmajor"),
+    case("MaxPool", [IMG2], {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, n_outputs=2, id="idx-ceil"),
     case("AveragePool", [IMG], {"kernel_shape": [3, 3]}, id="basic"),
     case("AveragePool", [IMG], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, id="pad"),
     case(
@@ -223,6 +244,7 @@ NN = [
     case("GroupNormalization", [IMG2, rand(2), rand(2, seed=1)], {"num_groups": 2}, opset=18, id="per-group"),
     case("Softmax", [X]),
     case("Softmax", [X], {"axis": 1}, id="axis1"),
+    case("Softmax", [X * 100], id="large"),
     case("LogSoftmax", [X]),
     case("LogSoftmax", [X], {"axis": 0}, id="axis0"),
     case("Hardmax", [X], {"axis": 1}),
@@ -277,6 +299,13 @@ def test_resize_scales(attrs: dict[str, Any], scales: np.ndarray) -> None:
 )
 def test_resize_sizes(sizes: np.ndarray, attrs: dict[str, Any]) -> None:
     check_op("Resize", [RESIZE_IMG, None, None, sizes], attrs, const=[3], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_resize_tf_crop_and_resize(mode: str) -> None:
+    roi = np.array([0, 0, 0.2, -0.1, 1, 1, 0.9, 1.2], F)
+    attrs = {"mode": mode, "coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": -1.0}
+    check_op("Resize", [RESIZE_IMG, roi, None, i64(1, 2, 4, 7)], attrs, const=[1, 3], rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------ reductions

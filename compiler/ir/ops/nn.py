@@ -250,19 +250,43 @@ def _pool_window(node: ir.Node, x: np.ndarray) -> Window:
     return window(node, x.shape[2:], list(kernel), ceil_mode=bool(attr(node, "ceil_mode", 0)))
 
 
+def _max_pool_indices(x: np.ndarray, w: Window, best: np.ndarray, node: ir.Node) -> np.ndarray:
+    """Flat input indices (row-major, or column-major spatial with ``storage_order=1``) of each window's max."""
+    n, c = x.shape[:2]
+    spatial = x.shape[2:]
+    nd = len(spatial)
+    kpos = np.unravel_index(best, w.kernel)  # kernel offset per output position
+    coords = []
+    for i in range(nd):
+        out_i = np.arange(w.out[i]).reshape([-1 if j == i else 1 for j in range(nd)])
+        coords.append(out_i * w.strides[i] + kpos[i] * w.dilations[i] - w.pads_begin[i])
+    order = "F" if attr(node, "storage_order", 0) else "C"
+    clipped = tuple(np.clip(np.broadcast_to(ci, best.shape), 0, s - 1) for ci, s in zip(coords, spatial, strict=True))
+    flat = np.ravel_multi_index(clipped, spatial, order=order)
+    plane = int(np.prod(spatial))
+    base = (np.arange(n).reshape(-1, 1) * c + np.arange(c).reshape(1, -1)) * plane
+    return (flat + base.reshape((n, c) + (1,) * nd)).astype(np.int64)
+
+
 @register("MaxPool")
 def max_pool(node: ir.Node, inputs: Inputs) -> list[np.ndarray]:
-    """ONNX MaxPool (pads, auto_pad, ceil_mode, dilations). The ``Indices`` output is not supported."""
+    """ONNX MaxPool (pads, auto_pad, ceil_mode, dilations); optional ``Indices`` output (storage_order)."""
     x = _req(inputs, 0, "MaxPool")
-    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].name:
-        raise ValueError("MaxPool's Indices output is not supported")
     w = _pool_window(node, x)
     low = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
     views = window_views(pad_spatial(x, w, low), w)
     y = views[0].copy()
-    for v in views[1:]:
-        np.maximum(y, v, out=y)
-    return [y]
+    want_indices = len(node.outputs) > 1 and node.outputs[1] is not None and bool(node.outputs[1].name)
+    if not want_indices:
+        for v in views[1:]:
+            np.maximum(y, v, out=y)
+        return [y]
+    best = np.zeros(y.shape, dtype=np.int64)
+    for i, v in enumerate(views[1:], start=1):
+        better = v > y  # first maximum in window scan order wins
+        y = np.where(better, v, y)
+        best = np.where(better, i, best)
+    return [y, _max_pool_indices(x, w, best, node)]
 
 
 @register("AveragePool")
