@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -260,7 +261,7 @@ def _max_pool_indices(x: np.ndarray, w: Window, best: np.ndarray, node: ir.Node)
     for i in range(nd):
         out_i = np.arange(w.out[i]).reshape([-1 if j == i else 1 for j in range(nd)])
         coords.append(out_i * w.strides[i] + kpos[i] * w.dilations[i] - w.pads_begin[i])
-    order = "F" if attr(node, "storage_order", 0) else "C"
+    order: Literal["C", "F"] = "F" if attr(node, "storage_order", 0) else "C"
     clipped = tuple(np.clip(np.broadcast_to(ci, best.shape), 0, s - 1) for ci, s in zip(coords, spatial, strict=True))
     flat = np.ravel_multi_index(clipped, spatial, order=order)
     plane = int(np.prod(spatial))
