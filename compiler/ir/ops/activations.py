@@ -75,3 +75,18 @@ FUSABLE: dict[str, Callable[[np.ndarray, Sequence[float]], np.ndarray]] = {
     "GeluTanh": lambda x, p: gelu(x, "tanh"),
     "Silu": lambda x, p: silu(x),
 }
+
+
+def elu(x: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """ELU: ``x`` for ``x > 0``, else ``alpha * (exp(x) - 1)``."""
+    return np.where(x > 0, x, _f(x, alpha) * np.expm1(np.minimum(x, _f(x, 0))))
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """Numerically stable ``log(1 + exp(x))``."""
+    return np.logaddexp(_f(x, 0), x)
+
+
+def mish(x: np.ndarray) -> np.ndarray:
+    """Mish: ``x * tanh(softplus(x))``."""
+    return x * np.tanh(softplus(x))
