@@ -15,8 +15,8 @@ def _type_str(value: ir.Value) -> str:
     return f"{dtype}{format_shape(value.shape)}"
 
 
-def _attr_str(a: ir.Attr | ir.RefAttr) -> str:
-    if isinstance(a, ir.RefAttr):
+def _attr_str(a: ir.Attr) -> str:
+    if a.is_ref():
         return f"{a.name}=@{a.ref_attr_name}"
     v = a.value
     if a.type == ir.AttributeType.TENSOR:
