@@ -6,6 +6,8 @@ import numpy as np
 from onnx import helper
 
 from passes import get_pass
+from passes.constant_folding import FoldConstantsPass
+from passes.identity_removal import RemoveIdentityPass
 from tests.test_passes_common import assert_same_numerics, feeds_for, make_model, ops, snapshot
 
 F = np.float32
@@ -34,7 +36,7 @@ def test_fold_constants_chain_shape_and_constant_node() -> None:
         {"c": _arr(3)},
     )
     before = snapshot(model)
-    p = get_pass("fold_constants")()
+    p = FoldConstantsPass()
     assert p(model).modified
     assert ops(model) == {"Add": 1, "Reshape": 1}
     assert [v.name for v in model.graph.outputs] == ["y", "n"]
@@ -49,7 +51,7 @@ def test_fold_constants_skips_non_deterministic_ops() -> None:
         {"x": (F, [2, 3])},
         ["y"],
     )
-    p = get_pass("fold_constants")()
+    p = FoldConstantsPass()
     assert not p(model).modified
     assert ops(model)["RandomUniform"] == 1
     assert any("not deterministic" in r.reason for r in p.last_rejections)
@@ -66,7 +68,7 @@ def test_fold_constants_skips_huge_outputs_of_small_inputs() -> None:
         ["y"],
         {"shape": np.array([2000, 1000], dtype=np.int64)},
     )
-    p = get_pass("fold_constants")()
+    p = FoldConstantsPass()
     p(model)
     assert ops(model)["ConstantOfShape"] == 1
     assert any("2000000 elements" in r.reason for r in p.last_rejections)
@@ -104,7 +106,7 @@ def test_remove_identity_removes_every_no_op_and_keeps_output_name() -> None:
         },
     )
     before = snapshot(model)
-    p = get_pass("remove_identity")()
+    p = RemoveIdentityPass()
     assert p(model).modified
     assert ops(model) == {"Relu": 1}
     assert [v.name for v in model.graph.outputs] == ["y"]
@@ -135,7 +137,7 @@ def test_remove_identity_never_renames_a_graph_input_to_an_output() -> None:
         {"x": (F, [2])},
         ["y", "z"],
     )
-    p = get_pass("remove_identity")()
+    p = RemoveIdentityPass()
     assert not p(model).modified
     assert [v.name for v in model.graph.outputs] == ["y", "z"]
     assert [v.name for v in model.graph.inputs] == ["x"]
