@@ -1,12 +1,15 @@
 """``remove_identity``: remove ops that return their input unchanged.
 
-``Identity`` goes through onnx-ir's ``IdentityEliminationPass``; this pass adds inference-mode
-``Dropout`` and no-ops: ``Cast`` to the input's dtype, ``Reshape``/``Expand`` to the input's own
-static shape, ``Transpose`` by the identity permutation, ``Add``/``Sub`` of a constant zero,
+Removes ``Identity``, inference-mode ``Dropout`` and no-ops: ``Cast`` to the input's dtype,
+``Reshape``/``Expand`` to the input's own static shape, ``Transpose`` by the identity permutation,
+``Add``/``Sub`` of a constant zero,
 ``Mul``/``Div`` by a constant one (when broadcasting leaves shape and dtype alone), and ``Slice``
 taking everything. Graph outputs keep their names: when the removed op's output is a graph output,
 its input is renamed instead, and when that is impossible (the input is a graph input, an
 initializer or another output) the op stays and the reason is recorded in ``last_rejections``.
+
+onnx-ir's ``IdentityEliminationPass`` is not used: when ``y = Identity(x)`` and both are graph
+outputs it renames ``x`` to ``y`` and the output named ``x`` is lost.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import IdentityEliminationPass
 
 from compiler.ir.ops.registry import attr
 from passes._utils import (
@@ -34,6 +36,10 @@ from passes.base import Pass, register_pass
 
 #: A check: given the node, the input value it forwards (or a reason string why it is not a no-op).
 Check = Callable[[ir.Node], "ir.Value | str"]
+
+
+def _identity(node: ir.Node) -> ir.Value | str:
+    return node.inputs[0] if node.inputs[0] is not None else "no input"
 
 
 def _dropout(node: ir.Node) -> ir.Value | str:
@@ -139,6 +145,7 @@ def _slice(node: ir.Node) -> ir.Value | str:
 
 
 _CHECKS: dict[str, Check] = {
+    "Identity": _identity,
     "Dropout": _dropout,
     "Cast": _cast,
     "Reshape": _reshape,
@@ -170,7 +177,7 @@ class RemoveIdentityPass(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Remove the no-ops in place; modified when any was removed."""
         self.last_rejections = []
-        modified = IdentityEliminationPass()(model).modified
+        modified = False
         graph = model.graph
         for node in list(graph):
             check = _CHECKS.get(node.op_type)

@@ -144,6 +144,19 @@ def test_remove_identity_never_renames_a_graph_input_to_an_output() -> None:
     assert any("graph output 'z' would be renamed" in r.reason for r in p.last_rejections)
 
 
+def test_remove_identity_between_two_graph_outputs_keeps_both_names() -> None:
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["y"])],
+        {"x": (F, [2])},
+        ["r", "y"],
+    )
+    before = snapshot(model)
+    p = RemoveIdentityPass()
+    assert not p(model).modified  # onnx-ir's IdentityEliminationPass would rename 'r' to 'y' here
+    assert [v.name for v in model.graph.outputs] == ["r", "y"]
+    assert_same_numerics(before, model, feeds_for(model))
+
+
 # ----------------------------------------------------------------------------- dead code, shapes
 
 
