@@ -114,10 +114,6 @@ class FoldConstantsPass(Pass):
         if node.op_type in NON_DETERMINISTIC:
             self._reject(node, f"{node.op_type} is not deterministic")
             return None
-        opdef = lookup(node.domain, node.op_type)
-        if opdef is None:
-            self._reject(node, f"no reference kernel for {node.domain or 'ai.onnx'}::{node.op_type}")
-            return None
         in_arrays = [None if v is None or v.const_value is None else v.const_value.numpy() for v in node.inputs]
         in_size = sum(a.size for a in in_arrays if a is not None)
         for value in node.outputs:
@@ -125,6 +121,10 @@ class FoldConstantsPass(Pass):
             if dims is not None and self._too_big(int(np.prod(dims)), in_size):
                 self._reject(node, f"output '{value.name}' would have {int(np.prod(dims))} elements")
                 return None
+        opdef = lookup(node.domain, node.op_type)
+        if opdef is None:
+            self._reject(node, f"no reference kernel for {node.domain or 'ai.onnx'}::{node.op_type}")
+            return None
         try:
             arrays = [np.asarray(a) for a in opdef.kernel(node, in_arrays)]
         except Exception as exc:  # a kernel refusing these inputs: leave the node to run later

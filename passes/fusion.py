@@ -258,7 +258,8 @@ class FuseBiasActivationPass(Pass):
             return None
         r = rank(a)
         if r is None or r < 2:
-            return "MatMul input rank unknown or < 2"
+            extendable = any(is_onnx_op(u.node, *_EXTENDERS) for u in matmul.outputs[0].uses())
+            return "MatMul input rank unknown or < 2" if extendable else None
         match = Match(matmul, [a, b, None], [matmul], matmul.outputs[0])
         found = self._bias_add(match)
         if found is not None:
