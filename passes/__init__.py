@@ -1,6 +1,17 @@
 """Graph passes, one per file. Importing the package registers every built-in pass."""
 
+# Built-in passes: importing each module registers its pass.
+from passes import (
+    batchnorm_folding,
+    constant_folding,
+    dead_code_elimination,
+    decompose,
+    fusion,
+    identity_removal,
+    shape_inference,
+)
 from passes.base import Pass, Property, available_passes, get_pass, register_pass
+from passes.decompose import decompose_cacc_ops
 from passes.manager import PassManager, PassRecord, PipelineResult
 
 __all__ = [
@@ -10,6 +21,14 @@ __all__ = [
     "PipelineResult",
     "Property",
     "available_passes",
+    "batchnorm_folding",
+    "constant_folding",
+    "dead_code_elimination",
+    "decompose",
+    "decompose_cacc_ops",
+    "fusion",
     "get_pass",
+    "identity_removal",
     "register_pass",
+    "shape_inference",
 ]

@@ -1,0 +1,153 @@
+"""PassManager with the default pipeline, the pass registry, and the real models."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import helper
+
+from compiler.errors import PassError
+from compiler.ir import op_histogram
+from passes import Pass, PassManager, Property, available_passes, decompose_cacc_ops, get_pass, register_pass
+from tests.test_passes_common import assert_same_numerics, feeds_for, make_model, max_scaled_error, ort_run, snapshot
+
+F = np.float32
+DEFAULT_PIPELINE = [
+    "fold_constants",
+    "remove_identity",
+    "eliminate_dead_code",
+    "fold_batchnorm",
+    "fuse_bias_activation",
+]
+
+
+def _arr(*shape: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(F)
+
+
+def _small_cnn() -> ir.Model:
+    """Conv -> BN -> Relu -> Identity -> Reshape(Shape-derived) -> MatMul(W + 0) -> Add -> Gelu."""
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"]),
+            helper.make_node("Relu", ["bn"], ["r"]),
+            helper.make_node("Identity", ["r"], ["i"]),
+            helper.make_node("Shape", ["i"], ["shp"]),
+            helper.make_node("Gather", ["shp", "zero_idx"], ["batch"]),
+            helper.make_node("Unsqueeze", ["batch", "axes"], ["batch1"]),
+            helper.make_node("Concat", ["batch1", "minus1"], ["target"], axis=0),
+            helper.make_node("Reshape", ["i", "target"], ["flat"]),
+            helper.make_node("Add", ["w2", "zeros"], ["w2z"]),
+            helper.make_node("MatMul", ["flat", "w2z"], ["mm"]),
+            helper.make_node("Add", ["mm", "bias"], ["a"]),
+            helper.make_node("Gelu", ["a"], ["y"]),
+        ],
+        {"x": (F, [2, 3, 4, 4])},
+        ["y"],
+        {
+            "w": _arr(4, 3, 3, 3),
+            "s": _arr(4, seed=2),
+            "b": _arr(4, seed=3),
+            "m": _arr(4, seed=4),
+            "v": np.abs(_arr(4, seed=5)) + F(0.5),
+            "zero_idx": np.array(0, np.int64),
+            "axes": np.array([0], np.int64),
+            "minus1": np.array([-1], np.int64),
+            "w2": _arr(64, 10, seed=6),
+            "zeros": np.zeros((64, 10), F),
+            "bias": _arr(10, seed=7),
+        },
+    )
+
+
+def test_default_pipeline_in_debug_mode() -> None:
+    model = _small_cnn()
+    before = snapshot(model)
+    feeds = feeds_for(model)
+    result = PassManager(DEFAULT_PIPELINE, debug=True, reference_inputs=feeds).run(model)
+    assert [r.name for r in result.records] == DEFAULT_PIPELINE
+    assert result.applied == ["fold_constants", "remove_identity", "fold_batchnorm", "fuse_bias_activation"]
+    assert dict(op_histogram(result.model)) == {"cacc::FusedConv": 1, "Reshape": 1, "cacc::FusedMatMul": 1}
+    for r in result.records:
+        assert r.max_error is None or r.max_error <= 1e-5
+    assert result.records[-1].nodes_after == 3
+    assert_same_numerics(before, result.model, feeds)
+
+
+def test_registry_rejects_duplicate_names() -> None:
+    class Impostor(Pass):
+        name = "fold_constants"
+
+        def call(self, model: ir.Model) -> ir.passes.PassResult:
+            return ir.passes.PassResult(model, False)
+
+    with pytest.raises(PassError, match="a pass named 'fold_constants' is already registered"):
+        register_pass(Impostor)
+    assert available_passes()["fold_constants"] is not Impostor
+
+
+def test_every_builtin_pass_is_registered() -> None:
+    names = set(available_passes())
+    assert set(DEFAULT_PIPELINE) | {"infer_shapes", "decompose_cacc_ops"} <= names
+    with pytest.raises(PassError, match=r"unknown pass .fuse_everything.*fold_constants"):
+        get_pass("fuse_everything")
+
+
+class _NeedsShapes(Pass):
+    name = "needs_shapes_test_only"
+    required: ClassVar[frozenset[Property]] = frozenset({Property.SHAPES_INFERRED})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, False)
+
+
+def test_requirement_order_is_checked_before_running() -> None:
+    with pytest.raises(PassError, match="'shapes_inferred' is established by infer_shapes") as info:
+        PassManager(["fold_constants", _NeedsShapes()])
+    assert info.value.pass_name == "needs_shapes_test_only"
+    PassManager(["infer_shapes", "fold_constants", _NeedsShapes()])  # the right order is accepted
+
+
+# ----------------------------------------------------------------------------- real models
+
+_MODELS = {
+    "effnet": "/tmp/exp/effnet.onnx",
+    "minilm": "/tmp/exp/minilm.onnx",
+}
+
+
+def _model_feeds(model: ir.Model) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for v in model.graph.inputs:
+        shape = [int(d) for d in v.shape or []]  # type: ignore[arg-type]
+        if v.dtype == ir.DataType.INT64:
+            feeds[v.name or ""] = rng.integers(0, 1000, shape) if v.name == "ids" else np.ones(shape, np.int64)
+        else:
+            feeds[v.name or ""] = rng.standard_normal(shape).astype(F)
+    return feeds
+
+
+@pytest.mark.parametrize("name", sorted(_MODELS))
+def test_default_pipeline_on_real_model(name: str) -> None:
+    path = _MODELS[name]
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not present")
+    model = ir.load(path)
+    before_bytes = snapshot(model)
+    feeds = _model_feeds(model)
+    before_ops = dict(op_histogram(model))
+    result = PassManager(DEFAULT_PIPELINE, debug=True).run(model)
+    fused_ops = dict(op_histogram(result.model))
+    print(f"\n{name}: before {sorted(before_ops.items())}\n{name}: after  {sorted(fused_ops.items())}")
+    assert sum(fused_ops.values()) < sum(before_ops.values())
+    assert fused_ops.get("cacc::FusedConv", 0) + fused_ops.get("cacc::FusedMatMul", 0) > 0
+    assert [v.name for v in result.model.graph.outputs] == [v.name for v in ir.load(path).graph.outputs]
+    decompose_cacc_ops(result.model)
+    ref, got = ort_run(before_bytes, feeds), ort_run(result.model, feeds)
+    assert max_scaled_error(ref, got) <= 1e-5
