@@ -58,7 +58,12 @@ def test_compile_torch_matches_torch(tiny, tiny_onnx_target):
 def test_report_lists_passes_and_prints_a_table(tiny_onnx_target):
     report = tiny_onnx_target.report
     assert [p.name for p in report.passes] == list(compiler.DEFAULT_PASSES)
-    assert report.parameters == sum(p.numel() for p in TinyNet().parameters())
+    inits = [v.const_value for v in tiny_onnx_target.ir.graph.initializers.values()]
+    assert report.parameters == sum(t.size for t in inits)
+    assert report.size_bytes == sum(t.nbytes for t in inits)
+    # BatchNorm is folded away: the conv and linear weights remain, plus a few scalar constants.
+    conv_fc = sum(p.numel() for name, p in TinyNet().named_parameters() if not name.startswith("bn"))
+    assert conv_fc <= report.parameters < conv_fc + 16
     text = str(report)
     assert "cacc report: TinyNet" in text
     assert "max abs error" in text
