@@ -96,6 +96,8 @@ def _emit_node(ctx: EmitContext, node: ir.Node, index: int) -> None:
     for value, out in zip(node.outputs, outs, strict=False):
         if value is None or not value.name:
             continue
+        if isinstance(out, np.generic):  # numpy reductions / takes on 0-d data return scalars
+            out = np.asarray(out)
         if isinstance(out, np.ndarray) and value.dtype is not None:  # keep the IR's dtype for known values
             want = np_dtype(value.dtype, node)
             if out.dtype != want:

@@ -17,9 +17,9 @@ import onnx_ir as ir
 import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-from tvm.s_tir import dlight as dl
 
 from backends.tvm.relax_emitter import emit_relax
+from backends.tvm.schedule import safe_default_schedule
 from backends.tvm.target import resolve_target
 from compiler.errors import BackendError, InputSignatureError
 
@@ -39,7 +39,7 @@ def set_num_threads(num_threads: int | None) -> None:
 
 def cpu_pipeline(target: tvm.target.Target, *, schedule: bool = True) -> tvm.transform.Pass:
     """TVM's CPU Relax pipeline, with DLight's CPU rules applied after fusion when ``schedule``."""
-    schedule_passes = [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())] if schedule else []
+    schedule_passes = [safe_default_schedule(target)] if schedule else []
 
     @tvm.transform.module_pass(opt_level=0, name="CaccCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -97,7 +97,8 @@ class TVMExecutable:
                 d is not None and d != a for d, a in zip(sig.shape, arr.shape, strict=False)
             ):
                 raise InputSignatureError(f"input '{sig.name}' has shape {arr.shape}, expected {sig.shape}")
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(arr), self.device))
+            # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+            args.append(tvm.runtime.tensor(arr if arr.flags.c_contiguous else arr.copy(order="C"), self.device))
         return args
 
     def _call(self, args: Sequence[tvm.runtime.Tensor]) -> object:

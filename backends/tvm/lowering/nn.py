@@ -113,7 +113,7 @@ def lower_gemm(ctx: EmitContext, node: ir.Node) -> list[Out]:
     def operand(v: ir.Value, trans: bool, scale: float) -> relax.Expr:
         known = ctx.const(v)
         if known is not None:
-            arr = np.ascontiguousarray(known.T if trans else known)
+            arr = np.array(known.T if trans else known, order="C")
             if scale != 1.0:
                 arr = (arr * arr.dtype.type(scale)).astype(arr.dtype)
             return relax.const(arr)

@@ -190,7 +190,7 @@ def lower_transpose(ctx: EmitContext, node: ir.Node) -> list[Out]:
     perm = attr(node, "perm", None) or list(range(rank))[::-1]
     known = ctx.const(x)
     if known is not None:
-        return [np.ascontiguousarray(np.transpose(known, perm))]
+        return [np.array(np.transpose(known, perm), order="C")]
     if list(perm) == list(range(rank)):
         return [ctx.expr(x)]
     return [ctx.emit(R.permute_dims(ctx.expr(x), [int(p) for p in perm]))]
@@ -208,7 +208,7 @@ def lower_expand(ctx: EmitContext, node: ir.Node) -> list[Out]:
     out: list[Dim] = [da if db == 1 else db for da, db in zip(a, b, strict=False)]
     known = ctx.const(x)
     if known is not None:
-        return [np.ascontiguousarray(np.broadcast_to(known, [int(d) for d in out]))]
+        return [np.array(np.broadcast_to(known, [int(d) for d in out]), order="C")]
     if out == in_shape:
         return [ctx.expr(x)]
     return [ctx.emit(R.broadcast_to(ctx.expr(x), out))]
@@ -280,7 +280,7 @@ def lower_slice(ctx: EmitContext, node: ir.Node) -> list[Out]:
     for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
         index[norm_axis(a, len(shape), node)] = slice(s, e, st)
     if known is not None:
-        return [np.ascontiguousarray(known[tuple(index)])]
+        return [np.array(known[tuple(index)], order="C")]
     expr = ctx.expr(x)
     b_axes, b_begin, b_end, b_step = [], [], [], []
     for ax, sl in enumerate(index):

@@ -86,7 +86,7 @@ def attr(node: ir.Node, name: str, default: Any = None) -> Any:
     a = node.attributes.get(name)
     if a is None:
         return default
-    if isinstance(a, ir.RefAttr):
+    if a.is_ref():  # ir.RefAttr is a factory function in onnx-ir 1.x, not a class
         raise ValueError(f"attribute '{name}' of node '{node.name}' is a reference attribute")
     value = a.value
     if a.type == ir.AttributeType.TENSOR:
