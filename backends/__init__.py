@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from backends.base import Backend, BuildOptions, Executable
-from compiler.errors import BackendError
 
 __all__ = ["TARGETS", "Backend", "BuildOptions", "Executable", "get_backend"]
 
@@ -13,6 +12,8 @@ TARGETS = ("x86", "onnx", "reference")
 
 def get_backend(target: str) -> Backend:
     """The backend for ``target``; :class:`BackendError` listing the known targets otherwise."""
+    from compiler.errors import BackendError  # (lazy: compiler imports backends)
+
     if target == "onnx":
         from backends.onnx import OnnxBackend
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -652,45 +651,19 @@ def test_kernel_failure_is_reported_against_its_node() -> None:
 
 # ------------------------------------------------------------------ real models
 
-MINILM = "/tmp/exp/minilm.onnx"
-EFFNET = "/tmp/exp/effnet.onnx"
 
-
-def _model_feeds(model: ir.Model) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feeds: dict[str, np.ndarray] = {}
-    for v in model.graph.inputs:
-        name = v.name or ""
-        shape = [d if isinstance(d, int) else 1 for d in (v.shape or [])]
-        dt = v.dtype.numpy() if v.dtype is not None else np.dtype(np.float32)
-        if dt.kind in "iu":
-            arr = rng.integers(100, 2000, size=shape).astype(dt)
-            if "mask" in name.lower():
-                arr = np.ones(shape, dt)
-                arr[..., shape[-1] // 2 :] = 0
-        else:
-            arr = rng.standard_normal(shape).astype(dt)
-        feeds[name] = arr
-    return feeds
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, id=name, marks=pytest.mark.skipif(not os.path.exists(p), reason=f"{p} not present"))
-        for name, p in [("minilm", MINILM), ("effnet", EFFNET)]
-    ],
-)
-def test_real_model_matches_onnxruntime(path: str) -> None:
+@pytest.mark.models
+@pytest.mark.parametrize("name", ["fmnist_cnn", "efficientnet_lite0", "minilm"])
+def test_real_model_matches_onnxruntime(name: str, real_onnx) -> None:
+    path, feeds = real_onnx(name)
     model = ir.load(path)
-    feeds = _model_feeds(model)
     start = time.perf_counter()
     ours = run(model, feeds)
     elapsed = time.perf_counter() - start
-    proto = onnx.load(path)
+    proto = onnx.load(str(path))
     ref = run_ort(proto, feeds)
     names = [o.name for o in proto.graph.output]
-    for name, r in zip(names, ref, strict=True):
-        err = float(np.max(np.abs(ours[name].astype(np.float64) - r)))
-        assert err <= 1e-4, f"{os.path.basename(path)} output {name}: max abs error {err}"
-    print(f"{os.path.basename(path)}: interpreter {elapsed:.2f}s")
+    for out_name, r in zip(names, ref, strict=True):
+        err = float(np.max(np.abs(ours[out_name].astype(np.float64) - r)))
+        assert err <= 1e-4, f"{name} output {out_name}: max abs error {err}"
+    print(f"{name}: interpreter {elapsed:.2f}s")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 import numpy as np
@@ -115,34 +114,15 @@ def test_requirement_order_is_checked_before_running() -> None:
 
 # ----------------------------------------------------------------------------- real models
 
-_MODELS = {
-    "effnet": "/tmp/exp/effnet.onnx",
-    "minilm": "/tmp/exp/minilm.onnx",
-}
 
-
-def _model_feeds(model: ir.Model) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for v in model.graph.inputs:
-        shape = [int(d) for d in v.shape or []]  # type: ignore[arg-type]
-        if v.dtype == ir.DataType.INT64:
-            feeds[v.name or ""] = rng.integers(0, 1000, shape) if v.name == "ids" else np.ones(shape, np.int64)
-        else:
-            feeds[v.name or ""] = rng.standard_normal(shape).astype(F)
-    return feeds
-
-
-@pytest.mark.parametrize("name", sorted(_MODELS))
-def test_default_pipeline_on_real_model(name: str) -> None:
-    path = _MODELS[name]
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not present")
+@pytest.mark.models
+@pytest.mark.parametrize("name", ["fmnist_cnn", "efficientnet_lite0", "minilm"])
+def test_default_pipeline_on_real_model(name: str, real_onnx) -> None:
+    path, feeds = real_onnx(name)
     model = ir.load(path)
     before_bytes = snapshot(model)
-    feeds = _model_feeds(model)
     before_ops = dict(op_histogram(model))
-    result = PassManager(DEFAULT_PIPELINE, debug=True).run(model)
+    result = PassManager(DEFAULT_PIPELINE, debug=True, reference_inputs=feeds).run(model)
     fused_ops = dict(op_histogram(result.model))
     print(f"\n{name}: before {sorted(before_ops.items())}\n{name}: after  {sorted(fused_ops.items())}")
     assert sum(fused_ops.values()) < sum(before_ops.values())

@@ -1,0 +1,280 @@
+"""Neural-network ops: Conv, pooling, normalisations, Softmax, MatMul, Gemm.
+
+``emit_conv`` and ``emit_matmul`` are shared with the fused ``cacc::`` ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax
+
+from backends.tvm.lowering.common import (
+    Dim,
+    EmitContext,
+    Out,
+    attr,
+    input_at,
+    lowering,
+    norm_axis,
+    scalar,
+)
+from compiler.errors import BackendError
+
+R = relax.op
+
+
+def _spatial_params(
+    ctx: EmitContext, node: ir.Node, x_shape: list[Dim], kernel: list[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """(strides, dilations, pads in ONNX order [begins..., ends...]) with auto_pad resolved."""
+    n = len(kernel)
+    strides = [int(v) for v in attr(node, "strides", None) or [1] * n]
+    dilations = [int(v) for v in attr(node, "dilations", None) or [1] * n]
+    pads = [int(v) for v in attr(node, "pads", None) or [0] * (2 * n)]
+    auto_pad = attr(node, "auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * (2 * n)
+        for i in range(n):
+            size = x_shape[2 + i]
+            if not isinstance(size, int):
+                raise BackendError(f"{node.op_type}: auto_pad on a symbolic dim", node=node.name)
+            out = -(-size // strides[i])
+            total = max((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + n] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+    elif auto_pad == "VALID":
+        pads = [0] * (2 * n)
+    return strides, dilations, pads
+
+
+def _bias_shape(rank: int, channels: Dim) -> list[Dim]:
+    return [1, channels] + [1] * (rank - 2)
+
+
+def emit_conv(ctx: EmitContext, node: ir.Node) -> relax.Expr:
+    """Conv (1-D / 2-D / 3-D, grouped, dilated, padded) plus its optional bias; returns the expression."""
+    x_v, w_v = node.inputs[0], node.inputs[1]
+    if x_v is None or w_v is None:
+        raise BackendError(f"{node.op_type} needs X and W", node=node.name)
+    x, w = ctx.expr(x_v), ctx.expr(w_v)
+    x_shape, w_shape = ctx.shape(x), ctx.shape(w)
+    kernel = [int(k) for k in (attr(node, "kernel_shape", None) or w_shape[2:])]
+    strides, dilations, pads = _spatial_params(ctx, node, x_shape, kernel)
+    groups = int(attr(node, "group", 1))
+    n = len(kernel)
+    conv = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}.get(n)
+    if conv is None:
+        raise BackendError(f"{node.op_type} with {n} spatial dims is not supported", node=node.name)
+    y = ctx.emit(conv(x, w, strides=strides, padding=pads, dilation=dilations, groups=groups))
+    b_v = input_at(node, 2)
+    if b_v is not None:
+        bias = ctx.const(b_v)
+        b = (
+            relax.const(bias.reshape(-1, *([1] * n)))
+            if bias is not None
+            else ctx.emit(R.reshape(ctx.expr(b_v), [w_shape[0]] + [1] * n))
+        )
+        y = ctx.emit(R.add(y, b))
+    return y
+
+
+@lowering("Conv")
+def lower_conv(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """Conv."""
+    return [emit_conv(ctx, node)]
+
+
+def emit_matmul(ctx: EmitContext, a: relax.Expr, b: relax.Expr) -> relax.Expr:
+    """numpy-style matmul."""
+    return ctx.emit(R.matmul(a, b))
+
+
+@lowering("MatMul")
+def lower_matmul(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """MatMul with numpy broadcasting."""
+    a, b = node.inputs[0], node.inputs[1]
+    if a is None or b is None:
+        raise BackendError("MatMul needs two inputs", node=node.name)
+    if ctx.is_const(a) and ctx.is_const(b):
+        return [np.matmul(ctx.const(a), ctx.const(b))]  # type: ignore[arg-type]
+    return [emit_matmul(ctx, ctx.expr(a), ctx.expr(b))]
+
+
+@lowering("Gemm")
+def lower_gemm(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """Gemm: alpha * A' @ B' + beta * C; transposes and scalings of constant operands fold at emit time."""
+    a_v, b_v, c_v = node.inputs[0], node.inputs[1], input_at(node, 2)
+    if a_v is None or b_v is None:
+        raise BackendError("Gemm needs A and B", node=node.name)
+    alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
+    trans_a, trans_b = bool(attr(node, "transA", 0)), bool(attr(node, "transB", 0))
+
+    def operand(v: ir.Value, trans: bool, scale: float) -> relax.Expr:
+        known = ctx.const(v)
+        if known is not None:
+            arr = np.array(known.T if trans else known, order="C")
+            if scale != 1.0:
+                arr = (arr * arr.dtype.type(scale)).astype(arr.dtype)
+            return relax.const(arr)
+        e = ctx.expr(v)
+        if trans:
+            e = ctx.emit(R.permute_dims(e, [1, 0]))
+        if scale != 1.0:
+            e = ctx.emit(R.multiply(e, scalar(scale, ctx.dtype(e))))
+        return e
+
+    # alpha goes onto B when B is constant (free), else onto the product
+    b_known = ctx.is_const(b_v)
+    y = ctx.emit(R.matmul(operand(a_v, trans_a, 1.0), operand(b_v, trans_b, alpha if b_known else 1.0)))
+    if alpha != 1.0 and not b_known:
+        y = ctx.emit(R.multiply(y, scalar(alpha, ctx.dtype(y))))
+    if c_v is not None and beta != 0.0:
+        y = ctx.emit(R.add(y, operand(c_v, False, beta)))
+    return [y]
+
+
+# ------------------------------------------------------------------ pooling
+
+
+def _pool(ctx: EmitContext, node: ir.Node, kind: str) -> relax.Expr:
+    x_v = node.inputs[0]
+    if x_v is None:
+        raise BackendError(f"{node.op_type} needs an input", node=node.name)
+    x = ctx.expr(x_v)
+    shape = ctx.shape(x)
+    kernel = [int(k) for k in attr(node, "kernel_shape", [])]
+    if not kernel:
+        raise BackendError(f"{node.op_type} needs kernel_shape", node=node.name)
+    strides, dilations, pads = _spatial_params(ctx, node, shape, kernel)
+    ceil_mode = bool(attr(node, "ceil_mode", 0))
+    n = len(kernel)
+    ops = {
+        "max": {1: R.nn.max_pool1d, 2: R.nn.max_pool2d, 3: R.nn.max_pool3d},
+        "avg": {1: R.nn.avg_pool1d, 2: R.nn.avg_pool2d, 3: R.nn.avg_pool3d},
+    }[kind]
+    fn = ops.get(n)
+    if fn is None:
+        raise BackendError(f"{node.op_type} with {n} spatial dims is not supported", node=node.name)
+    count_include_pad = bool(attr(node, "count_include_pad", 0))
+    return ctx.emit(
+        fn(
+            x,
+            pool_size=kernel,
+            strides=strides,
+            padding=pads,
+            dilation=dilations,
+            ceil_mode=ceil_mode,
+            count_include_pad=count_include_pad,
+        )
+    )
+
+
+@lowering("MaxPool")
+def lower_max_pool(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """MaxPool (the Indices output is not supported)."""
+    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].uses():
+        raise BackendError("MaxPool's Indices output is not supported", node=node.name)
+    return [_pool(ctx, node, "max")]
+
+
+@lowering("AveragePool")
+def lower_avg_pool(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """AveragePool (count_include_pad, ceil_mode)."""
+    return [_pool(ctx, node, "avg")]
+
+
+@lowering("GlobalAveragePool", "GlobalMaxPool")
+def lower_global_pool(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """Global pooling over all spatial dims (keeps them as size 1)."""
+    x = ctx.expr(node.inputs[0])  # type: ignore[arg-type]
+    axes = list(range(2, ctx.rank(x)))
+    fn = R.mean if node.op_type == "GlobalAveragePool" else R.max
+    return [ctx.emit(fn(x, axis=axes, keepdims=True))]
+
+
+# ------------------------------------------------------------------ normalisation / softmax
+
+
+@lowering("BatchNormalization")
+def lower_batch_norm(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """Inference BatchNormalization as ``x * s + t`` (s, t folded when the statistics are constants)."""
+    if any(o is not None and o.uses() for o in node.outputs[1:]):
+        raise BackendError("training-mode BatchNormalization outputs are not supported", node=node.name)
+    x_v = node.inputs[0]
+    if x_v is None:
+        raise BackendError("BatchNormalization needs X", node=node.name)
+    x = ctx.expr(x_v)
+    rank = ctx.rank(x)
+    eps = float(attr(node, "epsilon", 1e-5))
+    params = [ctx.const(v) for v in node.inputs[1:5]]
+    bshape = [-1] + [1] * (rank - 2)
+    if all(p is not None for p in params):
+        gamma, beta, mean, var = (np.asarray(p, dtype=np.float64) for p in params)  # type: ignore[arg-type]
+        s = gamma / np.sqrt(var + eps)
+        t = beta - mean * s
+        dt = np.dtype(ctx.dtype(x))
+        return [
+            ctx.emit(
+                R.add(
+                    R.multiply(x, relax.const(s.astype(dt).reshape(bshape))),
+                    relax.const(t.astype(dt).reshape(bshape)),
+                )
+            )
+        ]
+    g, b, m, v = (ctx.expr(p) for p in node.inputs[1:5])  # type: ignore[arg-type]
+    return [ctx.emit(R.nn.batch_norm(x, g, b, m, v, axis=1, epsilon=eps, training=False)[0])]
+
+
+@lowering("LayerNormalization")
+def lower_layer_norm(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """LayerNormalization over ``axis..rank-1`` (only the Y output)."""
+    if any(o is not None and o.uses() for o in node.outputs[1:]):
+        raise BackendError("LayerNormalization Mean / InvStdDev outputs are not supported", node=node.name)
+    x_v, s_v = node.inputs[0], input_at(node, 1)
+    if x_v is None or s_v is None:
+        raise BackendError("LayerNormalization needs X and Scale", node=node.name)
+    x = ctx.expr(x_v)
+    rank = ctx.rank(x)
+    axis = norm_axis(attr(node, "axis", -1), rank, node)
+    axes = list(range(axis, rank))
+    norm_shape = ctx.shape(x)[axis:]
+    gamma = ctx.expr(s_v)
+    if ctx.shape(gamma) != norm_shape:
+        gamma = ctx.emit(R.broadcast_to(gamma, norm_shape))
+    b_v = input_at(node, 2)
+    if b_v is None:
+        beta: relax.Expr = relax.const(np.zeros([int(d) for d in norm_shape], dtype=np.dtype(ctx.dtype(x))))
+    else:
+        beta = ctx.expr(b_v)
+        if ctx.shape(beta) != norm_shape:
+            beta = ctx.emit(R.broadcast_to(beta, norm_shape))
+    eps = float(attr(node, "epsilon", 1e-5))
+    return [ctx.emit(R.nn.layer_norm(x, gamma, beta, axes=axes, epsilon=eps))]
+
+
+@lowering("Softmax", "LogSoftmax")
+def lower_softmax(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """Softmax / LogSoftmax along ``axis`` (opset >= 13 semantics)."""
+    x = ctx.expr(node.inputs[0])  # type: ignore[arg-type]
+    axis = norm_axis(attr(node, "axis", -1), ctx.rank(x), node)
+    fn = R.nn.softmax if node.op_type == "Softmax" else R.nn.log_softmax
+    return [ctx.emit(fn(x, axis=axis))]
+
+
+@lowering("InstanceNormalization")
+def lower_instance_norm(ctx: EmitContext, node: ir.Node) -> list[Out]:
+    """InstanceNormalization: per (batch, channel) normalisation over the spatial dims."""
+    x = ctx.expr(node.inputs[0])  # type: ignore[arg-type]
+    rank = ctx.rank(x)
+    eps = float(attr(node, "epsilon", 1e-5))
+    axes = list(range(2, rank))
+    dt = ctx.dtype(x)
+    mean = R.mean(x, axis=axes, keepdims=True)
+    centered = ctx.emit(R.subtract(x, mean))
+    var = R.mean(R.multiply(centered, centered), axis=axes, keepdims=True)
+    y = R.divide(centered, R.sqrt(R.add(var, scalar(eps, dt))))
+    bshape = [-1] + [1] * (rank - 2)
+    g = R.reshape(ctx.expr(node.inputs[1]), bshape)  # type: ignore[arg-type]
+    b = R.reshape(ctx.expr(node.inputs[2]), bshape)  # type: ignore[arg-type]
+    return [ctx.emit(R.add(R.multiply(y, g), b))]

@@ -1,0 +1,177 @@
+"""Build a cacc model with TVM (Relax -> LLVM) and run it on the Relax VM.
+
+``build(model, target)`` emits Relax (:func:`emit_relax`), runs TVM's CPU pipeline
+(legalize -> fuse -> DLight CPU schedules -> lower) and links a VM executable.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from backends.base import Executable
+from backends.tvm.relax_emitter import emit_relax
+from backends.tvm.schedule import safe_default_schedule
+from backends.tvm.target import resolve_target
+from compiler.errors import BackendError, InputSignatureError
+
+
+def set_num_threads(num_threads: int | None) -> None:
+    """Size TVM's runtime thread pool (``None`` keeps TVM's default: TVM_NUM_THREADS or all cores)."""
+    if num_threads is None:
+        return
+    if num_threads < 1:
+        raise BackendError(f"num_threads must be >= 1, got {num_threads}")
+    os.environ["TVM_NUM_THREADS"] = str(num_threads)
+    try:
+        tvm.get_global_func("runtime.config_threadpool")(1, int(num_threads))  # 1: "big" cores
+    except Exception as exc:
+        raise BackendError(f"cannot configure TVM's thread pool: {exc}") from exc
+
+
+def cpu_pipeline(target: tvm.target.Target, *, schedule: bool = True) -> tvm.transform.Pass:
+    """TVM's CPU Relax pipeline, with DLight's CPU rules applied after fusion when ``schedule``."""
+    schedule_passes = [safe_default_schedule(target)] if schedule else []
+
+    @tvm.transform.module_pass(opt_level=0, name="CaccCPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                cpu_generic.library_dispatch_passes(target)
+                + cpu_generic.legalize_passes(target)
+                + schedule_passes
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target)
+            )
+            return seq(mod)
+
+    return _pipeline
+
+
+@dataclass
+class _Signature:
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+
+@dataclass
+class TVMExecutable(Executable):
+    """A model compiled by TVM: ``run`` executes it on the Relax VM, ``benchmark`` times it."""
+
+    executable: relax.VMExecutable
+    device: tvm.runtime.Device
+    inputs: list[_Signature]
+    output_names: list[str]
+    target: tvm.target.Target
+    num_threads: int | None = None
+    build_seconds: float = 0.0
+    _vm: relax.VirtualMachine | None = field(default=None, repr=False)
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        """The TVM target, e.g. ``TVM llvm -mcpu=znver3``."""
+        return f"TVM {tvm.__version__} {self.target.kind.name} -mcpu={self.target.attrs.get('mcpu', 'generic')}"
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        """The Relax VM (created on first use)."""
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, self.device)
+        return self._vm
+
+    def _args(self, feeds: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        extra = sorted(set(feeds) - {s.name for s in self.inputs})
+        if missing or extra:
+            raise InputSignatureError(f"inputs do not match the model: missing {missing}, unexpected {extra}")
+        args = []
+        for sig in self.inputs:
+            arr = np.asarray(feeds[sig.name])
+            if arr.dtype != sig.dtype:
+                raise InputSignatureError(f"input '{sig.name}' has dtype {arr.dtype}, expected {sig.dtype}")
+            if len(arr.shape) != len(sig.shape) or any(
+                d is not None and d != a for d, a in zip(sig.shape, arr.shape, strict=False)
+            ):
+                raise InputSignatureError(f"input '{sig.name}' has shape {arr.shape}, expected {sig.shape}")
+            # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+            args.append(tvm.runtime.tensor(arr if arr.flags.c_contiguous else arr.copy(order="C"), self.device))
+        return args
+
+    def _call(self, args: Sequence[tvm.runtime.Tensor]) -> object:
+        try:
+            return self.vm["main"](*args)
+        except Exception as exc:
+            raise BackendError(f"TVM run failed: {exc}") from exc
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model; returns the outputs as numpy arrays in graph output order."""
+        set_num_threads(self.num_threads)
+        out = self._call(self._args(feeds))
+        if len(self.output_names) == 1:
+            return [out.numpy()]  # type: ignore[attr-defined]
+        return [o.numpy() for o in out]  # type: ignore[attr-defined]
+
+    def benchmark(self, feeds: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> float:
+        """Median wall time of one run in milliseconds (inputs already on the device)."""
+        set_num_threads(self.num_threads)
+        args = self._args(feeds)
+        for _ in range(warmup):
+            self._call(args)
+        times = []
+        for _ in range(max(repeat, 1)):
+            t0 = time.perf_counter()
+            self._call(args)
+            self.device.sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return float(statistics.median(times))
+
+
+def build(
+    model: ir.Model,
+    target: tvm.target.Target | str | dict | None = None,
+    *,
+    num_threads: int | None = None,
+    schedule: bool = True,
+) -> TVMExecutable:
+    """Compile ``model`` (shapes inferred) for ``target`` (default: the host CPU) into a TVMExecutable."""
+    tgt = resolve_target(target, num_threads)
+    t0 = time.perf_counter()
+    mod = emit_relax(model)
+    try:
+        ex = tvm.compile(mod, tgt, relax_pipeline=cpu_pipeline(tgt, schedule=schedule))
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"TVM build failed for target {tgt.kind.name}: {exc}") from exc
+    seconds = time.perf_counter() - t0
+    kind = tgt.kind.name
+    if kind != "llvm":
+        raise BackendError(f"running on target kind '{kind}' is not supported yet (built only)")
+    inputs = [
+        _Signature(
+            v.name or "",
+            tuple(d if isinstance(d, int) else None for d in (v.shape or [])),
+            np.dtype(v.dtype.numpy()),  # type: ignore[union-attr]
+        )
+        for v in model.graph.inputs
+    ]
+    set_num_threads(num_threads)
+    return TVMExecutable(
+        executable=ex,
+        device=tvm.cpu(0),
+        inputs=inputs,
+        output_names=[v.name or "" for v in model.graph.outputs],
+        target=tgt,
+        num_threads=num_threads,
+        build_seconds=seconds,
+    )
