@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,14 +30,28 @@ class Executable(ABC):
 
     def benchmark(self, feeds: Mapping[str, np.ndarray], *, repeat: int = 20, warmup: int = 3) -> float:
         """Median wall time of ``run`` in milliseconds after ``warmup`` runs."""
-        for _ in range(warmup):
-            self.run(feeds)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self.run(feeds)
-            times.append((time.perf_counter() - start) * 1e3)
-        return float(np.median(times))
+        return median_ms(lambda: self.run(feeds), repeat=repeat, warmup=warmup)
+
+
+def median_ms(fn: Callable[[], object], *, repeat: int = 20, warmup: int = 3, budget_s: float = 10.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds.
+
+    Runs ``warmup`` untimed calls, then ``repeat`` timed ones — fewer (at least 3) when the
+    first warm-up call shows that ``repeat`` calls would take longer than ``budget_s``.
+    """
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        fn()
+    if first > 0:
+        repeat = max(3, min(repeat, int(budget_s / first)))
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
 
 
 class Backend(ABC):

@@ -103,6 +103,7 @@ def compile(
     debug: bool = False,
     measure: bool = True,
     input_names: Sequence[str] | None = None,
+    name: str | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a :class:`CompiledModel`.
 
@@ -110,6 +111,7 @@ def compile(
     or an ONNX model (path, bytes, ``onnx.ModelProto``, ``onnx_ir.Model``). ``passes``
     defaults to :data:`compiler.config.DEFAULT_PASSES`; ``debug`` verifies the IR and checks
     numerics after every pass; ``measure`` times the result and ONNX Runtime for the report.
+    ``name`` labels the model in the report (default: the class or file name).
     """
     start = time.perf_counter()
     config = CompileConfig(
@@ -145,7 +147,7 @@ def compile(
     outputs = executable.run(feeds)
 
     report = Report(
-        model=_model_name(module),
+        model=name or _model_name(module),
         target=target,
         target_description=executable.description,
         parameters=parameter_count(model_ir)[0],

@@ -43,6 +43,7 @@ def _compile(args: argparse.Namespace, target: str, measure: bool) -> Any:
         num_threads=args.num_threads,
         debug=args.debug,
         measure=measure,
+        name=Path(args.model).name,
     )
 
 

@@ -8,13 +8,37 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import onnx_ir as ir
 
 from compiler.errors import FrontendError
 from compiler.frontends.common import normalize
+
+# Loggers that report the exporter's internal progress and harmless fallbacks (e.g. "torchvision is not
+# installed", constant-folding attempts that the exporter recovers from) as warnings.
+_NOISY_LOGGERS = ("torch.onnx", "torch._export", "torch.export", "onnxscript")
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[io.StringIO]:
+    """Silence the exporter's progress prints and warnings; yields the captured stdout."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    log = io.StringIO()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield log
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _as_tensors(example_inputs: Any) -> tuple[Any, ...]:
@@ -56,9 +80,8 @@ def import_torch(
         dynamic_shapes = tuple({0: batch} for _ in args)
     was_training = module.training
     module.eval()
-    log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log), torch.no_grad():
+        with _quiet_export(), torch.no_grad():
             program = torch.onnx.export(
                 module,
                 args,
