@@ -6,16 +6,15 @@ are created in the input's dtype, and results that numpy would widen are cast ba
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import reduce as _fold
 
 import numpy as np
 import onnx_ir as ir
 
 from compiler.ir.ops import activations as act
-from compiler.ir.ops.registry import attr, register
+from compiler.ir.ops.registry import Inputs, attr, register
 
-Inputs = Sequence[np.ndarray | None]
 Unary = Callable[[np.ndarray], np.ndarray]
 
 

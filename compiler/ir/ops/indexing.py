@@ -3,21 +3,13 @@ NonZero, OneHot. Negative indices count from the end, as ONNX allows."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from compiler.ir.ops.registry import attr, register
-
-Inputs = Sequence[np.ndarray | None]
-
-
-def _req(inputs: Inputs, i: int, op: str) -> np.ndarray:
-    x = inputs[i] if i < len(inputs) else None
-    if x is None:
-        raise ValueError(f"{op} needs input {i}")
-    return x
+from compiler.ir.ops.registry import Inputs, attr, register
+from compiler.ir.ops.registry import required_input as _req
 
 
 def _norm_index(idx: np.ndarray, dim: int | np.ndarray, op: str) -> np.ndarray:

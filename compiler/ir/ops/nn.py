@@ -17,17 +17,8 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from compiler.ir.ops.registry import attr, register
-
-Inputs = Sequence[np.ndarray | None]
-
-
-def _req(inputs: Inputs, i: int, op: str) -> np.ndarray:
-    x = inputs[i] if i < len(inputs) else None
-    if x is None:
-        raise ValueError(f"{op} needs input {i}")
-    return x
-
+from compiler.ir.ops.registry import Inputs, attr, register
+from compiler.ir.ops.registry import required_input as _req
 
 # ------------------------------------------------------------------ window geometry
 

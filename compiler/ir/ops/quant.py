@@ -13,22 +13,11 @@ import numpy as np
 import onnx_ir as ir
 
 from compiler.ir.ops.nn import conv
-from compiler.ir.ops.registry import attr, register
-
-Inputs = Sequence[np.ndarray | None]
+from compiler.ir.ops.registry import Inputs, attr, register
+from compiler.ir.ops.registry import optional_input as _opt
+from compiler.ir.ops.registry import required_input as _req
 
 _INT_RANGES = {"int4": (-8, 7), "uint4": (0, 15), "int2": (-2, 1), "uint2": (0, 3)}
-
-
-def _req(inputs: Inputs, i: int, op: str) -> np.ndarray:
-    x = inputs[i] if i < len(inputs) else None
-    if x is None:
-        raise ValueError(f"{op} needs input {i}")
-    return x
-
-
-def _opt(inputs: Inputs, i: int) -> np.ndarray | None:
-    return inputs[i] if i < len(inputs) else None
 
 
 def int_range(dtype: np.dtype) -> tuple[int, int]:

@@ -3,14 +3,13 @@ both accepted), ``keepdims``, ``noop_with_empty_axes``; ArgMax / ArgMin (``selec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from compiler.ir.ops.registry import attr, register
+from compiler.ir.ops.registry import Inputs, attr, register
 
-Inputs = Sequence[np.ndarray | None]
 Reducer = Callable[[np.ndarray, tuple[int, ...], bool], np.ndarray]
 
 

@@ -78,6 +78,25 @@ def _ensure_loaded() -> None:
     from compiler.ir import ops  # noqa: F401
 
 
+# --------------------------------------------------------------------------- kernel helpers
+
+#: A kernel's inputs: ``None`` where an optional input is omitted.
+Inputs = Sequence["np.ndarray | None"]
+
+
+def required_input(inputs: Inputs, i: int, op: str) -> np.ndarray:
+    """Input ``i``, or a ``ValueError`` naming the op when it is missing."""
+    x = inputs[i] if i < len(inputs) else None
+    if x is None:
+        raise ValueError(f"{op} needs input {i}")
+    return x
+
+
+def optional_input(inputs: Inputs, i: int) -> np.ndarray | None:
+    """Input ``i``, or ``None`` when omitted."""
+    return inputs[i] if i < len(inputs) else None
+
+
 # --------------------------------------------------------------------------- attributes
 
 

@@ -5,14 +5,10 @@ align_corners, asymmetric, tf_crop_and_resize. ``axes`` and ``keep_aspect_ratio_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import onnx_ir as ir
 
-from compiler.ir.ops.registry import attr, register
-
-Inputs = Sequence[np.ndarray | None]
+from compiler.ir.ops.registry import Inputs, attr, register
 
 
 def _opt(inputs: Inputs, i: int) -> np.ndarray | None:

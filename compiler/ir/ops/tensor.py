@@ -5,25 +5,12 @@ Indexing ops (Gather*, Scatter*, TopK, NonZero, OneHot, ...) live in :mod:`index
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import onnx_ir as ir
 
-from compiler.ir.ops.registry import attr, register
-
-Inputs = Sequence[np.ndarray | None]
-
-
-def _req(inputs: Inputs, i: int, op: str) -> np.ndarray:
-    x = inputs[i] if i < len(inputs) else None
-    if x is None:
-        raise ValueError(f"{op} needs input {i}")
-    return x
-
-
-def _opt(inputs: Inputs, i: int) -> np.ndarray | None:
-    return inputs[i] if i < len(inputs) else None
+from compiler.ir.ops.registry import Inputs, attr, register
+from compiler.ir.ops.registry import optional_input as _opt
+from compiler.ir.ops.registry import required_input as _req
 
 
 def ints(x: np.ndarray | None) -> list[int] | None:
