@@ -119,7 +119,7 @@ def gemm_func(
         args.append(bias_t)
 
     def epi(b: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
-        v = acc[b, i // mr, i % mr, j // nb, j % nb]
+        v = acc(b, i // mr, i % mr, j // nb, j % nb)
         if bias_t is not None:
             v = v + bias_t[j if bias == "col" else i]
         return activation_expr(v, activation, activation_params)
