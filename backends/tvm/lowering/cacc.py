@@ -24,7 +24,10 @@ def _activation(ctx: EmitContext, node: ir.Node, y: relax.Expr) -> relax.Expr:
 @lowering("FusedConv", domain=CACC_DOMAIN)
 def lower_fused_conv(ctx: EmitContext, node: ir.Node) -> list[Out]:
     """act(Conv(X, W, B))."""
-    return [_activation(ctx, node, emit_conv(ctx, node))]
+    name = attr(node, "activation", "") or ""
+    params = [float(p) for p in attr(node, "activation_params", []) or []]
+    y, fused = emit_conv(ctx, node, name, params)
+    return [y if fused else _activation(ctx, node, y)]
 
 
 @lowering("FusedMatMul", domain=CACC_DOMAIN)

@@ -13,6 +13,7 @@ import numpy as np
 from tvm import relax, tirx
 
 from backends.tvm.lowering.common import EmitContext
+from backends.tvm.schedules.conv import conv_func, pack_conv_weight, plan_conv
 from backends.tvm.schedules.epilogue import SUPPORTED
 from backends.tvm.schedules.gemm import gemm_func, pack_rhs, plan_gemm
 from backends.tvm.schedules.tiling import target_lanes
@@ -93,3 +94,42 @@ def emit_batch_matmul(ctx: EmitContext, a: relax.Expr, b: relax.Expr) -> relax.E
     args = [ctx.emit(R.reshape(a, [batch, m, k])), ctx.emit(R.reshape(b, [batch, k, n]))]
     y = call_kernel(ctx, func, "cacc_batch_matmul", args, [batch, m, n], "float32")
     return ctx.emit(R.reshape(y, [*sa[:-2], m, n]))
+
+
+def emit_conv2d(
+    ctx: EmitContext,
+    x: relax.Expr,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    groups: int,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> relax.Expr | None:
+    """``act(conv2d(x, w) + bias)`` (dense or depthwise, constant ``w``); ``None`` if it does not apply."""
+    shape = static_shape(ctx, x)
+    if (
+        shape is None
+        or len(shape) != 4
+        or w.ndim != 4
+        or w.dtype != np.float32
+        or ctx.dtype(x) != "float32"
+        or activation not in SUPPORTED
+        or (bias is not None and (bias.dtype != np.float32 or bias.size != w.shape[0]))
+    ):
+        return None
+    c, co = shape[1], int(w.shape[0])
+    depthwise = groups == c and co == c and w.shape[1] == 1 and groups > 1
+    if not depthwise and (groups != 1 or w.shape[1] != c):
+        return None
+    plan = plan_conv(shape, w.shape, strides, dilations, pads, depthwise, target_lanes())
+    if plan.oh < 1 or plan.ow < 1:
+        return None
+    func = conv_func(plan, "float32", bias=bias is not None, activation=activation, activation_params=activation_params)
+    args = [x, relax.const(pack_conv_weight(w, plan))]
+    if bias is not None:
+        args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
+    name = "cacc_depthwise_conv2d" if depthwise else "cacc_conv2d"
+    return call_kernel(ctx, func, name, args, [plan.n, co, plan.oh, plan.ow], "float32")

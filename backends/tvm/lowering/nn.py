@@ -21,7 +21,7 @@ from backends.tvm.lowering.common import (
     norm_axis,
     scalar,
 )
-from backends.tvm.lowering.kernels import emit_batch_matmul, emit_dense
+from backends.tvm.lowering.kernels import emit_batch_matmul, emit_conv2d, emit_dense
 from compiler.errors import BackendError
 
 R = relax.op
@@ -55,8 +55,13 @@ def _bias_shape(rank: int, channels: Dim) -> list[Dim]:
     return [1, channels] + [1] * (rank - 2)
 
 
-def emit_conv(ctx: EmitContext, node: ir.Node) -> relax.Expr:
-    """Conv (1-D / 2-D / 3-D, grouped, dilated, padded) plus its optional bias; returns the expression."""
+def emit_conv(
+    ctx: EmitContext, node: ir.Node, activation: str = "", activation_params: Sequence[float] = ()
+) -> tuple[relax.Expr, bool]:
+    """Conv (1-D / 2-D / 3-D, grouped, dilated, padded) plus its optional bias.
+
+    Returns the expression and whether ``activation`` was fused into it (by cacc's conv kernels).
+    """
     x_v, w_v = node.inputs[0], node.inputs[1]
     if x_v is None or w_v is None:
         raise BackendError(f"{node.op_type} needs X and W", node=node.name)
@@ -66,11 +71,16 @@ def emit_conv(ctx: EmitContext, node: ir.Node) -> relax.Expr:
     strides, dilations, pads = _spatial_params(ctx, node, x_shape, kernel)
     groups = int(attr(node, "group", 1))
     n = len(kernel)
+    w_arr, b_v = ctx.const(w_v), input_at(node, 2)
+    b_arr = ctx.const(b_v)
+    if n == 2 and w_arr is not None and (b_v is None or b_arr is not None):
+        fused = emit_conv2d(ctx, x, w_arr, b_arr, strides, dilations, pads, groups, activation, activation_params)
+        if fused is not None:
+            return fused, True
     conv = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}.get(n)
     if conv is None:
         raise BackendError(f"{node.op_type} with {n} spatial dims is not supported", node=node.name)
     y = ctx.emit(conv(x, w, strides=strides, padding=pads, dilation=dilations, groups=groups))
-    b_v = input_at(node, 2)
     if b_v is not None:
         bias = ctx.const(b_v)
         b = (
@@ -79,13 +89,13 @@ def emit_conv(ctx: EmitContext, node: ir.Node) -> relax.Expr:
             else ctx.emit(R.reshape(ctx.expr(b_v), [w_shape[0]] + [1] * n))
         )
         y = ctx.emit(R.add(y, b))
-    return y
+    return y, False
 
 
 @lowering("Conv")
 def lower_conv(ctx: EmitContext, node: ir.Node) -> list[Out]:
     """Conv."""
-    return [emit_conv(ctx, node)]
+    return [emit_conv(ctx, node)[0]]
 
 
 def emit_matmul(

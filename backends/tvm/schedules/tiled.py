@@ -59,7 +59,7 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     o_loops = sch.get_loops(out)
     inner = o_loops[-1]
     if nb % lanes == 0:
-        io, ii = sch.split(inner, factors=[None, lanes])
+        _io, ii = sch.split(inner, factors=[None, lanes])
         sch.vectorize(ii)
     sch.set_scope(acc, 0, "local")
     if nb > lanes and nb % lanes == 0:
