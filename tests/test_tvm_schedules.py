@@ -6,6 +6,8 @@ check that the kernels really are scheduled (parallel outer loop, vectorised sto
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import tvm
@@ -40,7 +42,7 @@ def test_gemm_trans_b_alpha_beta() -> None:
 @pytest.mark.parametrize(("act", "params"), [("Gelu", []), ("Clip", [0.0, 6.0]), ("HardSwish", [])])
 def test_fused_dense_epilogue_odd_sizes(act: str, params: list[float]) -> None:
     a, w, bias = rand(13, 17, seed=8), rand(17, 29, seed=9), rand(29, seed=10)
-    attrs = {"activation": act, **({"activation_params": params} if params else {})}
+    attrs: dict[str, Any] = {"activation": act, **({"activation_params": params} if params else {})}
     node = helper.make_node("FusedMatMul", ["a", "w", "bias"], ["y"], domain="cacc", **attrs)
     (got,) = run_tvm(to_ir(make_model([node], {"a": a}, ["y"], {"w": w, "bias": bias})), {"a": a})
     np.testing.assert_allclose(got, FUSABLE[act](a @ w + bias, params), atol=1e-5, rtol=1e-5)
