@@ -10,8 +10,9 @@ The input is zero-padded by a copy only when the kernel reads outside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tvm import te, tirx
@@ -72,19 +73,40 @@ def pack_conv_weight(w: np.ndarray, plan: ConvPlan) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(cop // plan.mr, plan.mr, *w.shape[1:]).transpose(0, 2, 3, 4, 1))
 
 
-def _padded_input(x: te.Tensor, p: ConvPlan, oh_p: int, ow_p: int) -> te.Tensor:
+Reader = Callable[..., Any]  # (n, c, y_in, x_out, kx) -> PrimExpr
+
+
+def _input_reader(x: te.Tensor, p: ConvPlan, oh_p: int, ow_p: int) -> Reader:
+    """``read(n, c, y_in, x_out, kx)``: the input pixel under tap ``kx`` of output column ``x_out``.
+
+    Padding is materialised by a copy when the kernel reads outside ``x``. With a column stride
+    the copy also splits columns by phase (``[.., H, stride, W/stride]``) so that the taps of
+    consecutive output columns stay contiguous (vector loads instead of gathers).
+    """
     (sh, sw), (dh, dw), (pt, pl) = p.stride, p.dilation, p.pad
     h_need = (oh_p - 1) * sh + (p.kh - 1) * dh + 1
     w_need = (ow_p - 1) * sw + (p.kw - 1) * dw + 1
-    if pt == 0 and pl == 0 and h_need <= p.h and w_need <= p.w:
-        return x
     zero = tirx.const(0, x.dtype)
+    if sw == 1:
+        if pt == 0 and pl == 0 and h_need <= p.h and w_need <= p.w:
+            return lambda n, c, y, xo, kx: x[n, c, y, xo + kx * dw]
 
-    def pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, xx: tirx.Var) -> tirx.PrimExpr:
+        def pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, xx: tirx.Var) -> tirx.PrimExpr:
+            inside = tirx.all(y >= pt, y < pt + p.h, xx >= pl, xx < pl + p.w)
+            return tirx.if_then_else(inside, x[n, c, y - pt, xx - pl], zero)
+
+        xp = te.compute((p.n, p.c, h_need, w_need), pad, name="X_pad")
+        return lambda n, c, y, xo, kx: xp[n, c, y, xo + kx * dw]
+
+    width = ow_p + ((p.kw - 1) * dw) // sw
+
+    def phase_pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, ph: tirx.Var, q: tirx.Var) -> tirx.PrimExpr:
+        xx = q * sw + ph
         inside = tirx.all(y >= pt, y < pt + p.h, xx >= pl, xx < pl + p.w)
         return tirx.if_then_else(inside, x[n, c, y - pt, xx - pl], zero)
 
-    return te.compute((p.n, p.c, h_need, w_need), pad, name="X_pad")
+    xq = te.compute((p.n, p.c, h_need, sw, width), phase_pad, name="X_pad")
+    return lambda n, c, y, xo, kx: xq[n, c, y, (kx * dw) % sw, xo + (kx * dw) // sw]
 
 
 def conv_func(
@@ -96,19 +118,19 @@ def conv_func(
     activation_params: Sequence[float] = (),
 ) -> tirx.PrimFunc:
     """PrimFunc ``(X, W_packed[, bias], out)``: ``out = act(conv(X, W) + bias)``."""
-    (sh, sw), (dh, dw) = p.stride, p.dilation
+    sh, dh = p.stride[0], p.dilation[0]
     mr, nb = p.mr, p.nb
     ow_p = ceil_to(p.ow, nb)
     x = te.placeholder((p.n, p.c, p.h, p.w), dtype, name="X")
     if p.depthwise:
         oh_p = ceil_to(p.oh, mr)
-        xp = _padded_input(x, p, oh_p, ow_p)
+        read = _input_reader(x, p, oh_p, ow_p)
         wt = te.placeholder((p.c, p.kh, p.kw), dtype, name="W")
         ry, rx = te.reduce_axis((0, p.kh), name="ky"), te.reduce_axis((0, p.kw), name="kx")
         acc = te.compute(
             (p.n, p.c, oh_p // mr, mr, ow_p // nb, nb),
             lambda n, c, yt, yi, xt, xi: te.sum(
-                wt[c, ry, rx] * xp[n, c, (yt * mr + yi) * sh + ry * dh, (xt * nb + xi) * sw + rx * dw],
+                wt[c, ry, rx] * read(n, c, (yt * mr + yi) * sh + ry * dh, xt * nb + xi, rx),
                 axis=[ry, rx],
             ),
             name="acc",
@@ -116,7 +138,7 @@ def conv_func(
         at = lambda n, c, y, xx: acc(n, c, y // mr, y % mr, xx // nb, xx % nb)  # noqa: E731
         attr = tile_attr(3, 5, "0.1.2.4")
     else:
-        xp = _padded_input(x, p, p.oh, ow_p)
+        read = _input_reader(x, p, p.oh, ow_p)
         cop = ceil_to(p.co, mr)
         wt = te.placeholder((cop // mr, p.c, p.kh, p.kw, mr), dtype, name="W")
         rc = te.reduce_axis((0, p.c), name="rc")
@@ -124,7 +146,7 @@ def conv_func(
         acc = te.compute(
             (p.n, cop // mr, mr, p.oh, ow_p // nb, nb),
             lambda n, ct, ci, y, xt, xi: te.sum(
-                wt[ct, rc, ry, rx, ci] * xp[n, rc, y * sh + ry * dh, (xt * nb + xi) * sw + rx * dw],
+                wt[ct, rc, ry, rx, ci] * read(n, rc, y * sh + ry * dh, xt * nb + xi, rx),
                 axis=[rc, ry, rx],
             ),
             name="acc",

@@ -23,10 +23,11 @@ def tile_attr(row: int, col: int, order: str) -> str:
 
 
 def _vectorize_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """Parallel outer loops; the innermost (contiguous) loop split into vectors."""
     loops = sch.get_loops(block)
-    fused = sch.fuse(*loops)
-    outer, inner = sch.split(fused, factors=[None, lanes])
-    sch.parallel(outer)
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    _outer, inner = sch.split(loops[-1], factors=[None, lanes])
     sch.vectorize(inner)
 
 
