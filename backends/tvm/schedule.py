@@ -15,6 +15,9 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.target import Target
 
+from backends.tvm.schedules.tiled import KERNEL_ATTR, schedule_tiled
+from backends.tvm.schedules.tiling import target_lanes
+
 
 class ParallelSpatial(dl.ScheduleRule):
     """A simple fallback: parallelise the outer spatial loops, vectorise the inner one.
@@ -93,6 +96,10 @@ def safe_default_schedule(target: Target, rules: Sequence[dl.ScheduleRule] | Non
             if not isinstance(func, tirx.PrimFunc):
                 continue
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+                continue
+            if func.attrs is not None and KERNEL_ATTR in func.attrs:
+                lanes = target_lanes(target).lanes
+                updates[gvar] = schedule_tiled(func, lanes).mod["main"].with_attr("tirx.is_scheduled", True)
                 continue
             scheduled = _try_rules(func, target, chosen)
             if scheduled is not None:

@@ -5,6 +5,7 @@ They are emitted as one chain of Relax calls that TVM's FuseOps pass turns into 
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 from tvm import relax
 
@@ -23,7 +24,10 @@ def _activation(ctx: EmitContext, node: ir.Node, y: relax.Expr) -> relax.Expr:
 @lowering("FusedConv", domain=CACC_DOMAIN)
 def lower_fused_conv(ctx: EmitContext, node: ir.Node) -> list[Out]:
     """act(Conv(X, W, B))."""
-    return [_activation(ctx, node, emit_conv(ctx, node))]
+    name = attr(node, "activation", "") or ""
+    params = [float(p) for p in attr(node, "activation_params", []) or []]
+    y, fused = emit_conv(ctx, node, name, params)
+    return [y if fused else _activation(ctx, node, y)]
 
 
 @lowering("FusedMatMul", domain=CACC_DOMAIN)
@@ -32,8 +36,23 @@ def lower_fused_matmul(ctx: EmitContext, node: ir.Node) -> list[Out]:
     a, b = node.inputs[0], node.inputs[1]
     if a is None or b is None:
         raise BackendError("FusedMatMul needs A and B", node=node.name)
-    y = emit_matmul(ctx, ctx.expr(a), ctx.expr(b))
     bias = input_at(node, 2)
+    bias_arr = ctx.const(bias)
+    b_arr = ctx.const(b)
+    if b_arr is not None and (bias is None or bias_arr is not None):
+        name = attr(node, "activation", "") or ""
+        params = [float(p) for p in attr(node, "activation_params", []) or []]
+        n = b_arr.shape[-1] if b_arr.ndim == 2 else -1
+        full = None
+        if bias_arr is not None and bias_arr.size in (1, n) and bias_arr.ndim <= 1:
+            full = np.broadcast_to(bias_arr.reshape(-1), (n,)).copy()
+        if bias is None or full is not None:
+            fused = emit_matmul(ctx, ctx.expr(a), ctx.expr(b), b_arr, full, name, params)
+            if fused is not None:
+                return [fused]
+    y = emit_matmul(ctx, ctx.expr(a), ctx.expr(b), b_arr)
+    if y is None:
+        raise BackendError("FusedMatMul could not be emitted", node=node.name)
     if bias is not None:
         y = ctx.emit(relax.op.add(y, ctx.expr(bias)))
     return [_activation(ctx, node, y)]

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx_ir as ir
 from tvm import relax
@@ -19,6 +21,7 @@ from backends.tvm.lowering.common import (
     norm_axis,
     scalar,
 )
+from backends.tvm.lowering.kernels import emit_batch_matmul, emit_conv2d, emit_dense
 from compiler.errors import BackendError
 
 R = relax.op
@@ -52,8 +55,13 @@ def _bias_shape(rank: int, channels: Dim) -> list[Dim]:
     return [1, channels] + [1] * (rank - 2)
 
 
-def emit_conv(ctx: EmitContext, node: ir.Node) -> relax.Expr:
-    """Conv (1-D / 2-D / 3-D, grouped, dilated, padded) plus its optional bias; returns the expression."""
+def emit_conv(
+    ctx: EmitContext, node: ir.Node, activation: str = "", activation_params: Sequence[float] = ()
+) -> tuple[relax.Expr, bool]:
+    """Conv (1-D / 2-D / 3-D, grouped, dilated, padded) plus its optional bias.
+
+    Returns the expression and whether ``activation`` was fused into it (by cacc's conv kernels).
+    """
     x_v, w_v = node.inputs[0], node.inputs[1]
     if x_v is None or w_v is None:
         raise BackendError(f"{node.op_type} needs X and W", node=node.name)
@@ -63,11 +71,16 @@ def emit_conv(ctx: EmitContext, node: ir.Node) -> relax.Expr:
     strides, dilations, pads = _spatial_params(ctx, node, x_shape, kernel)
     groups = int(attr(node, "group", 1))
     n = len(kernel)
+    w_arr, b_v = ctx.const(w_v), input_at(node, 2)
+    b_arr = ctx.const(b_v)
+    if n == 2 and w_arr is not None and (b_v is None or b_arr is not None):
+        fused = emit_conv2d(ctx, x, w_arr, b_arr, strides, dilations, pads, groups, activation, activation_params)
+        if fused is not None:
+            return fused, True
     conv = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}.get(n)
     if conv is None:
         raise BackendError(f"{node.op_type} with {n} spatial dims is not supported", node=node.name)
     y = ctx.emit(conv(x, w, strides=strides, padding=pads, dilation=dilations, groups=groups))
-    b_v = input_at(node, 2)
     if b_v is not None:
         bias = ctx.const(b_v)
         b = (
@@ -76,17 +89,39 @@ def emit_conv(ctx: EmitContext, node: ir.Node) -> relax.Expr:
             else ctx.emit(R.reshape(ctx.expr(b_v), [w_shape[0]] + [1] * n))
         )
         y = ctx.emit(R.add(y, b))
-    return y
+    return y, False
 
 
 @lowering("Conv")
 def lower_conv(ctx: EmitContext, node: ir.Node) -> list[Out]:
     """Conv."""
-    return [emit_conv(ctx, node)]
+    return [emit_conv(ctx, node)[0]]
 
 
-def emit_matmul(ctx: EmitContext, a: relax.Expr, b: relax.Expr) -> relax.Expr:
-    """numpy-style matmul."""
+def emit_matmul(
+    ctx: EmitContext,
+    a: relax.Expr,
+    b: relax.Expr,
+    b_const: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> relax.Expr | None:
+    """numpy-style matmul through cacc's tiled kernels (``b_const``: ``b``'s value when known).
+
+    With ``bias`` / ``activation`` the result is the fused ``act(a @ b + bias)``; returns ``None``
+    when no kernel applies and a fused epilogue was asked for (the caller emits it instead).
+    """
+    if b_const is not None:
+        y = emit_dense(ctx, a, b_const, bias, activation, activation_params)
+        if y is not None:
+            return y
+    elif bias is None and not activation:
+        y = emit_batch_matmul(ctx, a, b)
+        if y is not None:
+            return y
+    if bias is not None or activation:
+        return None
     return ctx.emit(R.matmul(a, b))
 
 
@@ -98,7 +133,10 @@ def lower_matmul(ctx: EmitContext, node: ir.Node) -> list[Out]:
         raise BackendError("MatMul needs two inputs", node=node.name)
     if ctx.is_const(a) and ctx.is_const(b):
         return [np.matmul(ctx.const(a), ctx.const(b))]  # type: ignore[arg-type]
-    return [emit_matmul(ctx, ctx.expr(a), ctx.expr(b))]
+    y = emit_matmul(ctx, ctx.expr(a), ctx.expr(b), ctx.const(b))
+    if y is None:  # pragma: no cover - without an epilogue emit_matmul always emits
+        raise BackendError("MatMul could not be emitted", node=node.name)
+    return [y]
 
 
 @lowering("Gemm")
@@ -126,6 +164,20 @@ def lower_gemm(ctx: EmitContext, node: ir.Node) -> list[Out]:
 
     # alpha goes onto B when B is constant (free), else onto the product
     b_known = ctx.is_const(b_v)
+    b_arr, c_arr = ctx.const(b_v), ctx.const(c_v)
+    if b_arr is not None and b_arr.ndim == 2 and (c_v is None or beta == 0.0 or c_arr is not None):
+        w = np.array(b_arr.T if trans_b else b_arr, order="C")
+        if alpha != 1.0:
+            w = (w * w.dtype.type(alpha)).astype(w.dtype)
+        bias = None
+        if c_arr is not None and beta != 0.0:
+            bias = (np.asarray(c_arr) * c_arr.dtype.type(beta)).astype(c_arr.dtype)
+        n = w.shape[1]
+        if bias is None or (bias.size in (1, n) and bias.ndim <= 2 and (bias.ndim < 2 or bias.shape[0] == 1)):
+            full_bias = None if bias is None else np.broadcast_to(bias.reshape(-1), (n,)).copy()
+            y0 = emit_dense(ctx, operand(a_v, trans_a, 1.0), w, full_bias)
+            if y0 is not None:
+                return [y0]
     y = ctx.emit(R.matmul(operand(a_v, trans_a, 1.0), operand(b_v, trans_b, alpha if b_known else 1.0)))
     if alpha != 1.0 and not b_known:
         y = ctx.emit(R.multiply(y, scalar(alpha, ctx.dtype(y))))

@@ -1,0 +1,135 @@
+"""Emit cacc's hand-scheduled kernels (backends.tvm.schedules) as Relax ``call_tir``s.
+
+Each helper returns ``None`` when the kernel does not apply (symbolic shapes, other dtypes,
+broadcasting), and the caller falls back to the generic Relax op.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from tvm import relax, tirx
+
+from backends.tvm.lowering.common import EmitContext
+from backends.tvm.schedules.conv import conv_func, pack_conv_weight, plan_conv
+from backends.tvm.schedules.epilogue import SUPPORTED
+from backends.tvm.schedules.gemm import gemm_func, pack_rhs, plan_gemm
+from backends.tvm.schedules.tiling import target_lanes
+
+R = relax.op
+
+
+def static_shape(ctx: EmitContext, e: relax.Expr) -> list[int] | None:
+    """The shape of ``e`` as ints, or ``None`` when a dim is symbolic."""
+    shape = ctx.shape(e)
+    return [int(d) for d in shape] if all(isinstance(d, int) for d in shape) else None
+
+
+def call_kernel(
+    ctx: EmitContext, func: tirx.PrimFunc, name: str, args: Sequence[relax.Expr], shape: list[int], dtype: str
+) -> relax.Expr:
+    """Add ``func`` to the module and emit ``call_tir(func, args)`` returning a ``dtype`` tensor of ``shape``."""
+    gvar = ctx.bb.add_func(func.without_attr("global_symbol"), name)
+    return ctx.emit(relax.call_tir(gvar, relax.Tuple(list(args)), relax.TensorType(shape, dtype)))
+
+
+def emit_dense(
+    ctx: EmitContext,
+    a: relax.Expr,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> relax.Expr | None:
+    """``act(a @ w + bias)`` for a constant 2-D ``w`` (packed at emit time); ``None`` if it does not apply."""
+    shape = static_shape(ctx, a)
+    if (
+        shape is None
+        or len(shape) < 2
+        or w.ndim != 2
+        or w.dtype != np.float32
+        or ctx.dtype(a) != "float32"
+        or shape[-1] != w.shape[0]
+        or activation not in SUPPORTED
+        or (bias is not None and (bias.dtype != np.float32 or bias.size != w.shape[1]))
+    ):
+        return None
+    m, k, n = math.prod(shape[:-1]), w.shape[0], w.shape[1]
+    plan = plan_gemm(1, m, k, n, target_lanes())
+    func = gemm_func(
+        plan,
+        "float32",
+        lhs_packed=False,
+        rhs_packed=True,
+        bias="col" if bias is not None else "",
+        activation=activation,
+        activation_params=activation_params,
+    )
+    args = [ctx.emit(R.reshape(a, [1, m, k])), relax.const(pack_rhs(w, plan.nb))]
+    if bias is not None:
+        args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
+    y = call_kernel(ctx, func, "cacc_dense", args, [1, m, n], "float32")
+    return ctx.emit(R.reshape(y, [*shape[:-1], n]))
+
+
+def emit_batch_matmul(ctx: EmitContext, a: relax.Expr, b: relax.Expr) -> relax.Expr | None:
+    """``a @ b`` for two run-time operands with equal static batch dims; ``None`` if it does not apply."""
+    sa, sb = static_shape(ctx, a), static_shape(ctx, b)
+    if (
+        sa is None
+        or sb is None
+        or len(sa) < 2
+        or len(sa) != len(sb)
+        or sa[:-2] != sb[:-2]
+        or sa[-1] != sb[-2]
+        or ctx.dtype(a) != "float32"
+        or ctx.dtype(b) != "float32"
+    ):
+        return None
+    batch, m, k, n = math.prod(sa[:-2]), sa[-2], sa[-1], sb[-1]
+    plan = plan_gemm(batch, m, k, n, target_lanes())
+    func = gemm_func(plan, "float32", lhs_packed=False, rhs_packed=False)
+    args = [ctx.emit(R.reshape(a, [batch, m, k])), ctx.emit(R.reshape(b, [batch, k, n]))]
+    y = call_kernel(ctx, func, "cacc_batch_matmul", args, [batch, m, n], "float32")
+    return ctx.emit(R.reshape(y, [*sa[:-2], m, n]))
+
+
+def emit_conv2d(
+    ctx: EmitContext,
+    x: relax.Expr,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    groups: int,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> relax.Expr | None:
+    """``act(conv2d(x, w) + bias)`` (dense or depthwise, constant ``w``); ``None`` if it does not apply."""
+    shape = static_shape(ctx, x)
+    if (
+        shape is None
+        or len(shape) != 4
+        or w.ndim != 4
+        or w.dtype != np.float32
+        or ctx.dtype(x) != "float32"
+        or activation not in SUPPORTED
+        or (bias is not None and (bias.dtype != np.float32 or bias.size != w.shape[0]))
+    ):
+        return None
+    c, co = shape[1], int(w.shape[0])
+    depthwise = groups == c and co == c and w.shape[1] == 1 and groups > 1
+    if not depthwise and (groups != 1 or w.shape[1] != c):
+        return None
+    plan = plan_conv(shape, w.shape, strides, dilations, pads, depthwise, target_lanes())
+    if plan.oh < 1 or plan.ow < 1:
+        return None
+    func = conv_func(plan, "float32", bias=bias is not None, activation=activation, activation_params=activation_params)
+    args = [x, relax.const(pack_conv_weight(w, plan))]
+    if bias is not None:
+        args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
+    name = "cacc_depthwise_conv2d" if depthwise else "cacc_conv2d"
+    return call_kernel(ctx, func, name, args, [plan.n, co, plan.oh, plan.ow], "float32")

@@ -1,0 +1,170 @@
+"""Direct 2-D convolution kernels (NCHW) for the register-tiled schedule.
+
+* dense conv (``group == 1``): the weight is packed ``[Co/mr, C, KH, KW, mr]``; a register tile
+  is ``mr`` output channels x ``nb`` output columns (1x1 convs become a packed GEMM).
+* depthwise conv (``group == C == Co``): a tile is ``mr`` output rows x ``nb`` output columns of
+  one channel, the ``KH x KW`` taps are the reduction.
+
+The input is zero-padded by a copy only when the kernel reads outside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tvm import te, tirx
+
+from backends.tvm.schedules.epilogue import activation_expr
+from backends.tvm.schedules.tiled import KERNEL_ATTR, tile_attr
+from backends.tvm.schedules.tiling import TileConfig, ceil_to, pick_tile
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Shapes, strides, padding and register tile of one 2-D conv."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    co: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[int, int]  # top, left (bottom / right padding follows from the output size)
+    oh: int
+    ow: int
+    depthwise: bool
+    mr: int
+    nb: int
+
+
+def plan_conv(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    depthwise: bool,
+    cfg: TileConfig,
+) -> ConvPlan:
+    """Output size and register tile of a conv (``pads`` in ONNX order ``[t, l, b, r]``)."""
+    n, c, h, w = (int(v) for v in x_shape)
+    co, _, kh, kw = (int(v) for v in w_shape)
+    sh, sw = int(strides[0]), int(strides[1])
+    dh, dw = int(dilations[0]), int(dilations[1])
+    oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
+    mr, nb = pick_tile(oh, ow, cfg, max_rows=4) if depthwise else pick_tile(co, ow, cfg)
+    return ConvPlan(n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, depthwise, mr, nb)
+
+
+def pack_conv_weight(w: np.ndarray, plan: ConvPlan) -> np.ndarray:
+    """Dense conv: ``[Co, C, KH, KW]`` -> ``[Co/mr, C, KH, KW, mr]``; depthwise: ``[C, KH, KW]``."""
+    if plan.depthwise:
+        return np.ascontiguousarray(w.reshape(plan.co, plan.kh, plan.kw))
+    cop = ceil_to(plan.co, plan.mr)
+    padded = np.zeros((cop, *w.shape[1:]), dtype=w.dtype)
+    padded[: plan.co] = w
+    return np.ascontiguousarray(padded.reshape(cop // plan.mr, plan.mr, *w.shape[1:]).transpose(0, 2, 3, 4, 1))
+
+
+Reader = Callable[..., Any]  # (n, c, y_in, x_out, kx) -> PrimExpr
+
+
+def _input_reader(x: te.Tensor, p: ConvPlan, oh_p: int, ow_p: int) -> Reader:
+    """``read(n, c, y_in, x_out, kx)``: the input pixel under tap ``kx`` of output column ``x_out``.
+
+    Padding is materialised by a copy when the kernel reads outside ``x``. With a column stride
+    the copy also splits columns by phase (``[.., H, stride, W/stride]``) so that the taps of
+    consecutive output columns stay contiguous (vector loads instead of gathers).
+    """
+    (sh, sw), (dh, dw), (pt, pl) = p.stride, p.dilation, p.pad
+    h_need = (oh_p - 1) * sh + (p.kh - 1) * dh + 1
+    w_need = (ow_p - 1) * sw + (p.kw - 1) * dw + 1
+    zero = tirx.const(0, x.dtype)
+    if sw == 1:
+        if pt == 0 and pl == 0 and h_need <= p.h and w_need <= p.w:
+            return lambda n, c, y, xo, kx: x[n, c, y, xo + kx * dw]
+
+        def pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, xx: tirx.Var) -> tirx.PrimExpr:
+            inside = tirx.all(y >= pt, y < pt + p.h, xx >= pl, xx < pl + p.w)
+            return tirx.if_then_else(inside, x[n, c, y - pt, xx - pl], zero)
+
+        xp = te.compute((p.n, p.c, h_need, w_need), pad, name="X_pad")
+        return lambda n, c, y, xo, kx: xp[n, c, y, xo + kx * dw]
+
+    width = ow_p + ((p.kw - 1) * dw) // sw
+
+    def phase_pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, ph: tirx.Var, q: tirx.Var) -> tirx.PrimExpr:
+        xx = q * sw + ph
+        inside = tirx.all(y >= pt, y < pt + p.h, xx >= pl, xx < pl + p.w)
+        return tirx.if_then_else(inside, x[n, c, y - pt, xx - pl], zero)
+
+    xq = te.compute((p.n, p.c, h_need, sw, width), phase_pad, name="X_pad")
+    return lambda n, c, y, xo, kx: xq[n, c, y, (kx * dw) % sw, xo + (kx * dw) // sw]
+
+
+def conv_func(
+    p: ConvPlan,
+    dtype: str,
+    *,
+    bias: bool,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> tirx.PrimFunc:
+    """PrimFunc ``(X, W_packed[, bias], out)``: ``out = act(conv(X, W) + bias)``."""
+    sh, dh = p.stride[0], p.dilation[0]
+    mr, nb = p.mr, p.nb
+    ow_p = ceil_to(p.ow, nb)
+    x = te.placeholder((p.n, p.c, p.h, p.w), dtype, name="X")
+    if p.depthwise:
+        oh_p = ceil_to(p.oh, mr)
+        read = _input_reader(x, p, oh_p, ow_p)
+        wt = te.placeholder((p.c, p.kh, p.kw), dtype, name="W")
+        ry, rx = te.reduce_axis((0, p.kh), name="ky"), te.reduce_axis((0, p.kw), name="kx")
+        acc = te.compute(
+            (p.n, p.c, oh_p // mr, mr, ow_p // nb, nb),
+            lambda n, c, yt, yi, xt, xi: te.sum(
+                wt[c, ry, rx] * read(n, c, (yt * mr + yi) * sh + ry * dh, xt * nb + xi, rx),
+                axis=[ry, rx],
+            ),
+            name="acc",
+        )
+        at = lambda n, c, y, xx: acc(n, c, y // mr, y % mr, xx // nb, xx % nb)  # noqa: E731
+        attr = tile_attr(3, 5, "0.1.2.4")
+    else:
+        read = _input_reader(x, p, p.oh, ow_p)
+        cop = ceil_to(p.co, mr)
+        wt = te.placeholder((cop // mr, p.c, p.kh, p.kw, mr), dtype, name="W")
+        rc = te.reduce_axis((0, p.c), name="rc")
+        ry, rx = te.reduce_axis((0, p.kh), name="ky"), te.reduce_axis((0, p.kw), name="kx")
+        acc = te.compute(
+            (p.n, cop // mr, mr, p.oh, ow_p // nb, nb),
+            lambda n, ct, ci, y, xt, xi: te.sum(
+                wt[ct, rc, ry, rx, ci] * read(n, rc, y * sh + ry * dh, xt * nb + xi, rx),
+                axis=[rc, ry, rx],
+            ),
+            name="acc",
+        )
+        at = lambda n, c, y, xx: acc(n, c // mr, c % mr, y, xx // nb, xx % nb)  # noqa: E731
+        attr = tile_attr(2, 5, "0.3.1.4")
+    args = [x, wt]
+    bias_t = None
+    if bias:
+        bias_t = te.placeholder((p.co,), dtype, name="bias")
+        args.append(bias_t)
+
+    def epi(n: tirx.Var, c: tirx.Var, y: tirx.Var, xx: tirx.Var) -> tirx.PrimExpr:
+        v = at(n, c, y, xx)
+        if bias_t is not None:
+            v = v + bias_t[c]
+        return activation_expr(v, activation, activation_params)
+
+    out = te.compute((p.n, p.co, p.oh, p.ow), epi, name="out")
+    func = te.create_prim_func([*args, out])
+    return func.with_attr(KERNEL_ATTR, attr).with_attr("op_pattern", 8)

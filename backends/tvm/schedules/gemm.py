@@ -1,0 +1,131 @@
+"""Batched GEMM kernels ``act(L @ R + bias)`` with constant operands packed at emit time.
+
+A constant right operand ``[K, N]`` is packed as ``[N/nb, K, nb]`` (each column tile is one
+contiguous ``K x nb`` panel); a constant left operand ``[M, K]`` as ``[M/mr, K, mr]``.
+Data operands are used as they are, padded by a copy only when a tile does not divide them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+from backends.tvm.schedules.epilogue import activation_expr
+from backends.tvm.schedules.tiled import KERNEL_ATTR, tile_attr
+from backends.tvm.schedules.tiling import TileConfig, ceil_to, pick_tile
+
+
+def pack_rhs(w: np.ndarray, nb: int) -> np.ndarray:
+    """``[K, N]`` -> ``[ceil(N/nb), K, nb]`` (zero padded)."""
+    k, n = w.shape
+    padded = np.zeros((k, ceil_to(n, nb)), dtype=w.dtype)
+    padded[:, :n] = w
+    return np.ascontiguousarray(padded.reshape(k, -1, nb).transpose(1, 0, 2))
+
+
+def pack_lhs(w: np.ndarray, mr: int) -> np.ndarray:
+    """``[M, K]`` -> ``[ceil(M/mr), K, mr]`` (zero padded)."""
+    m, k = w.shape
+    padded = np.zeros((ceil_to(m, mr), k), dtype=w.dtype)
+    padded[:m] = w
+    return np.ascontiguousarray(padded.reshape(-1, mr, k).transpose(0, 2, 1))
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """Shapes and tile of one batched GEMM ``[B, M, K] @ [B, K, N]``."""
+
+    batch: int
+    m: int
+    k: int
+    n: int
+    mr: int
+    nb: int
+
+    @property
+    def mp(self) -> int:
+        """M padded to the row tile."""
+        return ceil_to(self.m, self.mr)
+
+    @property
+    def np_(self) -> int:
+        """N padded to the column tile."""
+        return ceil_to(self.n, self.nb)
+
+
+def plan_gemm(batch: int, m: int, k: int, n: int, cfg: TileConfig) -> GemmPlan:
+    """Choose the register tile for a GEMM."""
+    mr, nb = pick_tile(m, n, cfg)
+    return GemmPlan(batch, m, k, n, mr, nb)
+
+
+def _pad2(t: te.Tensor, rows: int, cols: int, name: str) -> te.Tensor:
+    b, r, c = (int(s) for s in t.shape)
+    if (r, c) == (rows, cols):
+        return t
+    zero = tirx.const(0, t.dtype)
+    return te.compute(
+        (b, rows, cols),
+        lambda i, j, k: tirx.if_then_else(tirx.all(j < r, k < c), t[i, j, k], zero),
+        name=name,
+    )
+
+
+def gemm_func(
+    plan: GemmPlan,
+    dtype: str,
+    *,
+    lhs_packed: bool,
+    rhs_packed: bool,
+    bias: str = "",
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> tirx.PrimFunc:
+    """PrimFunc ``(L, R[, bias], out)``: ``out[b] = act(L[b] @ R[b] + bias)``.
+
+    ``L`` is ``[B, M, K]`` or packed ``[Mp/mr, K, mr]``; ``R`` is ``[B, K, N]`` or packed
+    ``[Np/nb, K, nb]`` (packed operands are shared by the batch). ``bias`` is ``""``,
+    ``"col"`` (shape ``[N]``) or ``"row"`` (shape ``[M]``).
+    """
+    p = plan
+    mr, nb = p.mr, p.nb
+    if lhs_packed:
+        lhs = te.placeholder((p.mp // mr, p.k, mr), dtype, name="L")
+        lval = lambda b, io, ii, k: lhs[io, k, ii]  # noqa: E731
+    else:
+        lhs = te.placeholder((p.batch, p.m, p.k), dtype, name="L")
+        lp = _pad2(lhs, p.mp, p.k, "L_pad")
+        lval = lambda b, io, ii, k: lp[b, io * mr + ii, k]  # noqa: E731
+    if rhs_packed:
+        rhs = te.placeholder((p.np_ // nb, p.k, nb), dtype, name="R")
+        rval = lambda b, k, jo, ji: rhs[jo, k, ji]  # noqa: E731
+    else:
+        rhs = te.placeholder((p.batch, p.k, p.n), dtype, name="R")
+        rp = _pad2(rhs, p.k, p.np_, "R_pad")
+        rval = lambda b, k, jo, ji: rp[b, k, jo * nb + ji]  # noqa: E731
+    rk = te.reduce_axis((0, p.k), name="k")
+    acc = te.compute(
+        (p.batch, p.mp // mr, mr, p.np_ // nb, nb),
+        lambda b, io, ii, jo, ji: te.sum(lval(b, io, ii, rk) * rval(b, rk, jo, ji), axis=rk),
+        name="acc",
+    )
+    args = [lhs, rhs]
+    bias_t = None
+    if bias:
+        bias_t = te.placeholder((p.n,) if bias == "col" else (p.m,), dtype, name="bias")
+        args.append(bias_t)
+
+    def epi(b: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        v = acc(b, i // mr, i % mr, j // nb, j % nb)
+        if bias_t is not None:
+            v = v + bias_t[j if bias == "col" else i]
+        return activation_expr(v, activation, activation_params)
+
+    out = te.compute((p.batch, p.m, p.n), epi, name="out")
+    func = te.create_prim_func([*args, out])
+    # batch loop first, then column tiles outside row tiles when R is a packed panel (reused from cache)
+    order = "0.3.1" if rhs_packed else "0.1.3"
+    return func.with_attr(KERNEL_ATTR, tile_attr(2, 4, order)).with_attr("op_pattern", 8)

@@ -1,0 +1,75 @@
+"""The register-tiled schedule shared by GEMM, batch matmul, direct and depthwise conv kernels.
+
+A tagged kernel has (optional) injective padding blocks, one reduction block ``acc`` whose
+loops are its spatial axes then its reduction axes, and an injective epilogue block ``out``
+reading ``acc``. The schedule splits a *row* axis by ``mr`` and a *column* axis by ``nb``,
+orders ``outer spatial loops -> reductions -> (row tile, column tile)``, keeps the
+``mr x nb`` accumulator tile local (registers), unrolls its rows, vectorises its columns,
+runs the outer loops in parallel and computes the epilogue per tile.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+KERNEL_ATTR = "cacc.kernel"
+"""PrimFunc attribute ``"row,col,order"``: ``acc``'s register-tile row and column axes and its
+outer spatial axes in loop order (dotted, e.g. ``0.3.1``)."""
+
+
+def tile_attr(row: int, col: int, order: str) -> str:
+    """Encode the tiling for :data:`KERNEL_ATTR`."""
+    return f"{row},{col},{order}"
+
+
+def _vectorize_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """Parallel outer loops; the innermost (contiguous) loop split into vectors."""
+    loops = sch.get_loops(block)
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    _outer, inner = sch.split(loops[-1], factors=[None, lanes])
+    sch.vectorize(inner)
+
+
+def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
+    """Apply the register-tiled schedule described by ``func``'s :data:`KERNEL_ATTR`."""
+    spec = str(func.attrs[KERNEL_ATTR])
+    row_s, col_s, order_s = spec.split(",")
+    row, col = int(row_s), int(col_s)
+    order = [int(t) for t in order_s.split(".")]
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    out = sch.get_sblock("out")
+    for blk in sch.get_child_blocks(sch.get_sblock("root")):
+        name = sch.get(blk).name_hint
+        if name not in ("acc", "out"):
+            _vectorize_injective(sch, blk, lanes)
+    loops = sch.get_loops(acc)
+    n_spatial = len(sch.get(acc).iter_vars) - sum(
+        1 for iv in sch.get(acc).iter_vars if iv.iter_type == tirx.IterVar.CommReduce
+    )
+    spatial, reduction = list(loops[:n_spatial]), list(loops[n_spatial:])
+    r_in, c_in = spatial[row], spatial[col]
+    nb = int(sch.get(c_in).extent)
+    outer = [spatial[t] for t in order]
+    sch.reorder(*outer, *reduction, r_in, c_in)
+    # parallel over all but the last outer loop (the tile loop the epilogue attaches to)
+    par = sch.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
+    sch.parallel(par)
+    sch.reverse_compute_at(out, outer[-1], preserve_unit_loops=True)
+    o_loops = sch.get_loops(out)
+    inner = o_loops[-1]
+    if nb % lanes == 0:
+        _io, ii = sch.split(inner, factors=[None, lanes])
+        sch.vectorize(ii)
+    sch.set_scope(acc, 0, "local")
+    if nb > lanes and nb % lanes == 0:
+        c_v, c_l = sch.split(c_in, factors=[None, lanes])
+        sch.unroll(c_v)
+        sch.vectorize(c_l)
+    else:
+        sch.vectorize(c_in)
+    sch.unroll(r_in)
+    if reduction:
+        sch.decompose_reduction(acc, reduction[0])
+    return sch
