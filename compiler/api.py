@@ -84,7 +84,13 @@ def build_for_target(model: ir.Model, config: CompileConfig) -> tuple[Executable
     start = time.perf_counter()
     backend = get_backend(config.target)
     try:
-        executable = backend.build(model, BuildOptions(num_threads=config.num_threads))
+        options = BuildOptions(
+            num_threads=config.num_threads,
+            tune_trials=config.tune_trials,
+            tune_minutes=config.tune_minutes,
+            tuning_db=config.tuning_db,
+        )
+        executable = backend.build(model, options)
     except CompilerError:
         raise
     except Exception as exc:
@@ -103,6 +109,9 @@ def compile(
     debug: bool = False,
     measure: bool = True,
     input_names: Sequence[str] | None = None,
+    tune_trials: int = 0,
+    tune_minutes: float | None = None,
+    tuning_db: str | os.PathLike[str] | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a :class:`CompiledModel`.
 
@@ -110,6 +119,8 @@ def compile(
     or an ONNX model (path, bytes, ``onnx.ModelProto``, ``onnx_ir.Model``). ``passes``
     defaults to :data:`compiler.config.DEFAULT_PASSES`; ``debug`` verifies the IR and checks
     numerics after every pass; ``measure`` times the result and ONNX Runtime for the report.
+    ``tune_trials`` / ``tune_minutes`` auto-tune the kernels (TVM targets) within that budget, recording
+    into ``tuning_db`` (a directory; default: the user cache dir); existing records are always reused.
     """
     start = time.perf_counter()
     config = CompileConfig(
@@ -118,6 +129,9 @@ def compile(
         dynamic_batch=dynamic_batch,
         debug=debug,
         measure=measure,
+        tune_trials=tune_trials,
+        tune_minutes=tune_minutes,
+        tuning_db=os.fspath(tuning_db) if tuning_db is not None else None,
     )
     if passes is not None:
         config.passes = list(passes)

@@ -10,7 +10,8 @@ A record names its workload by the structural hash of the task's TIR module (the
 never stored or deserialized: it is re-derived from the model being compiled) and its target by
 :func:`target_key`. ``run_secs`` is ``null`` for a failed trial (it still counts toward a budget).
 Records are appended and flushed one at a time, so an interrupted tuning run keeps what it measured
-(a file cut off mid-line is reported, not silently repaired). Every line is checked structurally before any of it reaches TVM; a bad line raises
+(a file cut off mid-line is reported, not silently repaired). Every line is checked structurally
+before any of it reaches TVM; a bad line raises
 :class:`~compiler.errors.SerializationError` naming the file and the line.
 """
 
@@ -279,3 +280,9 @@ class TuningDatabase:
 
     def __repr__(self) -> str:
         return f"TuningDatabase({str(self.directory)!r}, extra_files={[str(p) for p in self.extra_files]})"
+
+
+def open_database(directory: str | os.PathLike[str] | None = None) -> TuningDatabase:
+    """The database ``compile`` uses: ``directory`` (default :func:`default_cache_dir`) plus every
+    shipped record file (``models/tuning/*.jsonl``; records of other targets are ignored at lookup)."""
+    return TuningDatabase(directory, extra_files=shipped_files())

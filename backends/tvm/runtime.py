@@ -179,7 +179,7 @@ def build(
     t0 = time.perf_counter()
     mod = emit_relax(model)
     tuned = None
-    if database is not None and schedule:
+    if database is not None and schedule and len(database):
         from backends.tvm import tuning
 
         with tgt:

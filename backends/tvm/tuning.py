@@ -48,11 +48,11 @@ def _skip_tensor_intrin_import() -> None:
 
 _skip_tensor_intrin_import()
 
+from tvm.ir.utils import derived_object  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder  # noqa: E402
 from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner, PyRunnerFuture, RunnerResult  # noqa: E402
 from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_evaluator_common  # noqa: E402
-from tvm.ir.utils import derived_object  # noqa: E402
 
 
 def workload_hash(mod: tvm.IRModule) -> str:
@@ -119,7 +119,9 @@ def tvm_database(db: TuningDatabase, tasks: Sequence[Task], target: tvm.target.T
                 sch = tvm.s_tir.Schedule(task.mod)
                 rec.trace.apply_to_schedule(sch, remove_postproc=False)
             except Exception as exc:
-                raise SerializationError(f"{r.source}: tuning record does not apply to task {task.name}: {exc}") from exc
+                raise SerializationError(
+                    f"{r.source}: tuning record does not apply to task {task.name}: {exc}"
+                ) from exc
             mdb.commit_tuning_record(rec)
     return mdb
 
@@ -263,9 +265,8 @@ class TuneSummary:
     stopped_early: bool = False  #: the minutes budget ran out
 
     def __str__(self) -> str:
-        return (
-            f"tuned {len(self.tuned)}/{self.tasks} tasks, {self.trials} new trials in {self.seconds:.1f} s"
-            + (" (time budget reached)" if self.stopped_early else "")
+        return f"tuned {len(self.tuned)}/{self.tasks} tasks, {self.trials} new trials in {self.seconds:.1f} s" + (
+            " (time budget reached)" if self.stopped_early else ""
         )
 
 
