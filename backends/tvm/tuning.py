@@ -302,7 +302,7 @@ def tune_tasks(
         return TuneSummary(tasks=len(tasks))
     start = time.monotonic()
     key = target_key(target)
-    per_task = math.ceil(trials / len(tasks)) if trials and tasks else 10_000
+    per_task = math.ceil(trials / len(tasks)) if trials and tasks else 256  # minutes only: time decides
     todo = [(t, per_task - db.trials(t.workload, key)) for t in tasks]
     todo = [(t, n) for t, n in todo if n > 0]
     summary = TuneSummary(tasks=len(tasks))
