@@ -16,6 +16,9 @@ class BuildOptions:
     """Options every backend understands."""
 
     num_threads: int | None = None  #: intra-op threads; None = the engine's default
+    tune_trials: int = 0  #: auto-tuning trials (all kernels together); 0 = no tuning
+    tune_minutes: float | None = None  #: auto-tuning wall-time budget
+    tuning_db: str | None = None  #: tuning database directory (None: the cache dir + shipped records)
 
 
 class Executable(ABC):

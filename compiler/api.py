@@ -84,7 +84,13 @@ def build_for_target(model: ir.Model, config: CompileConfig) -> tuple[Executable
     start = time.perf_counter()
     backend = get_backend(config.target)
     try:
-        executable = backend.build(model, BuildOptions(num_threads=config.num_threads))
+        options = BuildOptions(
+            num_threads=config.num_threads,
+            tune_trials=config.tune_trials,
+            tune_minutes=config.tune_minutes,
+            tuning_db=config.tuning_db,
+        )
+        executable = backend.build(model, options)
     except CompilerError:
         raise
     except Exception as exc:
@@ -104,6 +110,9 @@ def compile(
     measure: bool = True,
     input_names: Sequence[str] | None = None,
     name: str | None = None,
+    tune_trials: int = 0,
+    tune_minutes: float | None = None,
+    tuning_db: str | os.PathLike[str] | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a :class:`CompiledModel`.
 
@@ -112,6 +121,8 @@ def compile(
     defaults to :data:`compiler.config.DEFAULT_PASSES`; ``debug`` verifies the IR and checks
     numerics after every pass; ``measure`` times the result and ONNX Runtime for the report.
     ``name`` labels the model in the report (default: the class or file name).
+    ``tune_trials`` / ``tune_minutes`` auto-tune the kernels (TVM targets) within that budget, recording
+    into ``tuning_db`` (a directory; default: the user cache dir); existing records are always reused.
     """
     start = time.perf_counter()
     config = CompileConfig(
@@ -120,6 +131,9 @@ def compile(
         dynamic_batch=dynamic_batch,
         debug=debug,
         measure=measure,
+        tune_trials=tune_trials,
+        tune_minutes=tune_minutes,
+        tuning_db=os.fspath(tuning_db) if tuning_db is not None else None,
     )
     if passes is not None:
         config.passes = list(passes)

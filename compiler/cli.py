@@ -44,6 +44,9 @@ def _compile(args: argparse.Namespace, target: str, measure: bool) -> Any:
         debug=args.debug,
         measure=measure,
         name=Path(args.model).name,
+        tune_trials=getattr(args, "tune_trials", 0),
+        tune_minutes=getattr(args, "tune_minutes", None),
+        tuning_db=getattr(args, "tuning_db", None),
     )
 
 
@@ -96,6 +99,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``cacc tune MODEL``: tune the kernels into the database; optionally export the records."""
+    if not args.tune_trials and not args.tune_minutes:
+        raise CompilerError("cacc tune needs a budget: --tune-trials N and/or --tune-minutes M")
+    cm = _compile(args, "x86", measure=not args.no_measure)
+    r = cm.report
+    if r.latency_ms:
+        print(
+            f"{r.model}: {r.latency_ms:.2f} ms tuned"
+            + (f", onnxruntime {r.ort_latency_ms:.2f} ms" if r.ort_latency_ms else "")
+        )
+    if args.export:
+        from backends.tvm.database import open_database, target_key
+        from backends.tvm.target import host_target
+
+        db = open_database(args.tuning_db)
+        print(f"exported {db.export(args.export, target_key(host_target()), best_only=args.keep)}")
+    return 0
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     """``cacc passes``: list registered passes."""
     from passes import available_passes
@@ -118,11 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--num-threads", type=int, default=None, help="threads for the compiled model and ORT")
         p.add_argument("--debug", action="store_true", help="verify IR and check numerics after every pass")
 
+    def tuning(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tune-trials", type=int, default=0, help="auto-tune the kernels with N trials in all")
+        p.add_argument("--tune-minutes", type=float, default=None, help="auto-tuning time budget in minutes")
+        p.add_argument("--tuning-db", default=None, help="tuning database directory (default: ~/.cache/cacc/tuning)")
+
     p = sub.add_parser("compile", help="compile a model and print its report")
     common(p)
     p.add_argument("-o", "--output", help="save the compiled model (.cacc)")
     p.add_argument("--json", help="also write the report as JSON")
     p.add_argument("--no-measure", action="store_true", help="skip latency measurement")
+    tuning(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("export-onnx", help="optimize a model and write standard ONNX")
@@ -137,7 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time the compiled model against ONNX Runtime")
     common(p)
+    tuning(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="auto-tune a model's kernels for the host CPU (records are reused by compile)")
+    common(p, target=False)
+    tuning(p)
+    p.add_argument("--export", help="also write this target's best records to one shippable .jsonl file")
+    p.add_argument("--keep", type=int, default=4, help="with --export: records kept per kernel (0: all)")
+    p.add_argument("--no-measure", action="store_true", help="skip latency measurement")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("passes", help="list the available passes")
     p.set_defaults(func=cmd_passes)

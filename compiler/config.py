@@ -26,6 +26,9 @@ class CompileConfig:
     dynamic_batch: bool = False
     debug: bool = False  #: verify the IR and check numerics after every pass
     measure: bool = True  #: time the compiled model and ONNX Runtime for the report
+    tune_trials: int = 0  #: auto-tuning trials for all kernels together (0: use existing records only)
+    tune_minutes: float | None = None  #: auto-tuning wall-time budget in minutes
+    tuning_db: str | None = None  #: tuning database directory (None: the user cache dir, plus shipped records)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

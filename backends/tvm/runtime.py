@@ -1,7 +1,8 @@
 """Build a cacc model with TVM (Relax -> LLVM) and run it on the Relax VM.
 
 ``build(model, target)`` emits Relax (:func:`emit_relax`), runs TVM's CPU pipeline
-(legalize -> fuse -> DLight CPU schedules -> lower) and links a VM executable.
+(legalize -> fuse -> [tuned schedules from a database] -> DLight CPU schedules -> lower) and links
+a VM executable.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -23,6 +25,9 @@ from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.schedule import safe_default_schedule
 from backends.tvm.target import resolve_target
 from compiler.errors import BackendError, InputSignatureError
+
+if TYPE_CHECKING:
+    from backends.tvm.database import TuningDatabase
 
 
 def set_num_threads(num_threads: int | None) -> None:
@@ -38,16 +43,27 @@ def set_num_threads(num_threads: int | None) -> None:
         raise BackendError(f"cannot configure TVM's thread pool: {exc}") from exc
 
 
-def cpu_pipeline(target: tvm.target.Target, *, schedule: bool = True) -> tvm.transform.Pass:
-    """TVM's CPU Relax pipeline, with DLight's CPU rules applied after fusion when ``schedule``."""
+def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Library dispatch, legalization and fusion: their output's PrimFuncs are what gets scheduled (and tuned)."""
+    return cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+
+
+def cpu_pipeline(
+    target: tvm.target.Target, *, schedule: bool = True, tuned: object | None = None
+) -> tvm.transform.Pass:
+    """TVM's CPU Relax pipeline, with DLight's CPU rules applied after fusion when ``schedule``.
+
+    ``tuned`` (a MetaSchedule database) is applied first; the default rules skip the functions it scheduled.
+    """
     schedule_passes = [safe_default_schedule(target)] if schedule else []
+    if tuned is not None:
+        schedule_passes = [_apply_database(tuned), *schedule_passes]
 
     @tvm.transform.module_pass(opt_level=0, name="CaccCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                cpu_generic.library_dispatch_passes(target)
-                + cpu_generic.legalize_passes(target)
+                fusion_passes(target)
                 + schedule_passes
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
@@ -55,6 +71,17 @@ def cpu_pipeline(target: tvm.target.Target, *, schedule: bool = True) -> tvm.tra
             return seq(mod)
 
     return _pipeline
+
+
+def _apply_database(tuned: object) -> tvm.transform.Pass:
+    """relax.transform.MetaScheduleApplyDatabase with ``tuned`` as the current database."""
+
+    @tvm.transform.module_pass(opt_level=0, name="CaccApplyTuningDatabase")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with tuned:  # type: ignore[attr-defined]
+            return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+    return _pass
 
 
 @dataclass
@@ -142,13 +169,24 @@ def build(
     *,
     num_threads: int | None = None,
     schedule: bool = True,
+    database: TuningDatabase | None = None,
 ) -> TVMExecutable:
-    """Compile ``model`` (shapes inferred) for ``target`` (default: the host CPU) into a TVMExecutable."""
+    """Compile ``model`` (shapes inferred) for ``target`` (default: the host CPU) into a TVMExecutable.
+
+    With a ``database``, kernels that have tuning records for this target use the best one.
+    """
     tgt = resolve_target(target, num_threads)
     t0 = time.perf_counter()
     mod = emit_relax(model)
+    tuned = None
+    if database is not None and schedule and len(database):
+        from backends.tvm import tuning
+
+        with tgt:
+            fused = tvm.transform.Sequential(fusion_passes(tgt))(mod)
+        tuned = tuning.tvm_database(database, tuning.extract_tasks(fused, tgt), tgt)
     try:
-        ex = tvm.compile(mod, tgt, relax_pipeline=cpu_pipeline(tgt, schedule=schedule))
+        ex = tvm.compile(mod, tgt, relax_pipeline=cpu_pipeline(tgt, schedule=schedule, tuned=tuned))
     except BackendError:
         raise
     except Exception as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import onnx_ir as ir
 
 from backends.base import Backend, BuildOptions, Executable
@@ -15,5 +17,16 @@ class X86Backend(Backend):
     name = "x86"
 
     def build(self, model: ir.Model, options: BuildOptions) -> Executable:
-        """Emit Relax, apply the CPU schedules, compile with LLVM, load into the Relax VM."""
-        return build(model, host_target(options.num_threads), num_threads=options.num_threads)
+        """Emit Relax, tune if asked, apply tuned then default CPU schedules, compile with LLVM, load."""
+        from backends.tvm.database import open_database
+
+        target = host_target(options.num_threads)
+        database = open_database(options.tuning_db)
+        if options.tune_trials or options.tune_minutes:
+            from backends.tvm.tuning import tune_model
+
+            print(
+                tune_model(model, target, database, trials=options.tune_trials, minutes=options.tune_minutes),
+                file=sys.stderr,
+            )
+        return build(model, target, num_threads=options.num_threads, database=database)

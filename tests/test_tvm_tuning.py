@@ -1,0 +1,128 @@
+"""TVM auto-tuning: records are produced, applied, reused, resumed; bad record files are rejected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from backends.tvm import build, host_target
+from backends.tvm.database import TuningDatabase, read_records, target_key
+from compiler.errors import SerializationError
+from tests.test_tvm_helpers import make_model, rand, to_ir
+
+tuning = pytest.importorskip("backends.tvm.tuning")
+
+X = rand(32, 64)
+W = rand(64, 64, seed=1)
+
+
+def _model():  # type: ignore[no-untyped-def]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    return to_ir(make_model(nodes, {"x": X}, ["y"], {"w": W}))
+
+
+@pytest.fixture(scope="module")
+def tuned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database holding 8 trials of the matmul+relu kernel (tuned once for the module)."""
+    d = tmp_path_factory.mktemp("tuned")
+    summary = tuning.tune_model(_model(), host_target(2), TuningDatabase(d), trials=8, progress=False)
+    assert summary.trials == 8 and summary.tuned == ["fused_matmul_relu"]
+    return d
+
+
+def test_tuning_records_and_applies_a_faster_kernel(tuned_dir: Path) -> None:
+    target = host_target(2)
+    records = read_records(tuned_dir / "records.jsonl")
+    assert len(records) == 8
+    assert {r.target for r in records} == {target_key(target)}
+    ok = [r for r in records if r.run_secs]
+    assert ok, "no trial succeeded"
+    model = _model()
+    plain = build(model, target, num_threads=2)
+    tuned = build(model, target, num_threads=2, database=TuningDatabase(tuned_dir))
+    np.testing.assert_allclose(tuned.run({"x": X})[0], np.maximum(X @ W, 0), rtol=1e-4, atol=1e-4)
+    t_plain = min(plain.benchmark({"x": X}, repeat=50) for _ in range(3))
+    t_tuned = min(tuned.benchmark({"x": X}, repeat=50) for _ in range(3))
+    assert t_tuned <= t_plain * 1.5, (t_tuned, t_plain)  # the machine is shared: allow noise
+
+
+def test_second_tuning_reuses_records(tuned_dir: Path) -> None:
+    db = TuningDatabase(tuned_dir)
+    summary = tuning.tune_model(_model(), host_target(2), db, trials=8, progress=False)
+    assert summary.trials == 0 and summary.tuned == []
+    assert len(read_records(tuned_dir / "records.jsonl")) == 8
+
+
+def test_compile_reuses_records_without_tuning(tuned_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import compiler
+
+    def no_tuning(*_a: object, **_k: object) -> None:
+        raise AssertionError("tuned again")
+
+    monkeypatch.setattr(tuning.ms, "tune_tasks", no_tuning)  # the MetaSchedule search itself
+    cm = compiler.compile(
+        _model(), target="x86", passes=[], num_threads=2, measure=False, tune_trials=8, tuning_db=tuned_dir
+    )
+    np.testing.assert_allclose(cm.run({"x": X})["y"], np.maximum(X @ W, 0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # a second tuning run (~30 s on 2 busy cores)
+def test_resume_after_interrupt(tuned_dir: Path, tmp_path: Path) -> None:
+    """Keep 3 of the 8 trials (as if stopped midway): a re-run measures only the 5 missing."""
+    lines = (tuned_dir / "records.jsonl").read_text().splitlines()
+    (tmp_path / "records.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    db = TuningDatabase(tmp_path)
+    summary = tuning.tune_model(_model(), host_target(2), db, trials=8, progress=False)
+    assert summary.trials == 5
+    assert len(read_records(tmp_path / "records.jsonl")) == 8
+
+
+def test_export_import_roundtrip(tuned_dir: Path, tmp_path: Path) -> None:
+    src = TuningDatabase(tuned_dir)
+    shipped = src.export(tmp_path / "ship.jsonl", best_only=1)
+    (best,) = read_records(shipped)
+    dst = TuningDatabase(tmp_path / "db")
+    assert dst.import_file(shipped) == 1 and dst.import_file(shipped) == 0
+    mine, theirs = dst.best(best.workload, best.target), src.best(best.workload, best.target)
+    assert mine is not None and theirs is not None
+    assert (mine.trace, mine.run_secs) == (theirs.trace, theirs.run_secs) == (best.trace, best.run_secs)
+
+
+def _bad_file(tmp_path: Path, tuned_dir: Path, kind: str) -> Path:
+    lines = (tuned_dir / "records.jsonl").read_text().splitlines()
+    path = tmp_path / "records.jsonl"
+    if kind == "truncated":
+        path.write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2])
+    elif kind == "foreign":  # TVM's own JSONDatabase record format
+        path.write_text(json.dumps([0, [[["GetSBlock", [], ["b", "main"], ["b0"]]], []], [1e-5]]) + "\n")
+    elif kind == "bad_trace":
+        rec = json.loads(lines[1])
+        rec["trace"] = [[["GetSBlock", [], ["no_such_block", "main"], ["b0"]]], []]
+        rec["run_secs"] = [1e-9]
+        path.write_text("\n".join([lines[0], json.dumps(rec)]) + "\n")
+    elif kind == "bad_field":
+        rec = json.loads(lines[1])
+        rec["run_secs"] = "fast"
+        path.write_text("\n".join([lines[0], json.dumps(rec)]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("kind", "line"), [("truncated", 4), ("foreign", 1), ("bad_field", 2), ("bad_trace", 2)])
+def test_bad_record_files_raise_serialization_error(tuned_dir: Path, tmp_path: Path, kind: str, line: int) -> None:
+    path = _bad_file(tmp_path, tuned_dir, kind)
+    with pytest.raises(SerializationError, match=rf"{path.name}:{line}"):
+        build(_model(), host_target(2), num_threads=2, database=TuningDatabase(tmp_path))
+
+
+def test_shipped_file_is_read_only(tuned_dir: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "ship.jsonl"
+    shutil.copy(tuned_dir / "records.jsonl", extra)
+    db = TuningDatabase(tmp_path / "cache", extra_files=[extra])
+    summary = tuning.tune_model(_model(), host_target(2), db, trials=8, progress=False)
+    assert summary.trials == 0
+    assert not (tmp_path / "cache" / "records.jsonl").exists()
