@@ -13,6 +13,7 @@ Timings under qemu measure the emulator, not ARM hardware; use RPC for real numb
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import subprocess
@@ -217,10 +218,18 @@ class RPCExecutable(Executable):
                 self._vm = relax.VirtualMachine(lib, session.cpu())
                 self._session = session
             except Exception as exc:
-                raise BackendError(
-                    f"RPC to key '{self.rpc.key}' at {self.rpc.tracker_host}:{self.rpc.tracker_port} failed: {exc}"
-                ) from exc
+                hint = ""
+                if is_aarch64(self.target):
+                    hint = " (an aarch64 library loads only on an aarch64 board's RPC server, not an x86 one)"
+                where = f"{self.rpc.tracker_host}:{self.rpc.tracker_port}"
+                raise BackendError(f"RPC to key '{self.rpc.key}' at {where} failed{hint}: {exc}") from exc
         return self._vm
+
+    def close(self) -> None:
+        """Release the RPC session, so that the tracker can hand the board to someone else."""
+        self._vm = None
+        self._session = None
+        gc.collect()  # (the session's socket closes when its last reference goes, cycles included)
 
     def _args(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
         self.connect()
@@ -231,10 +240,13 @@ class RPCExecutable(Executable):
         """Run once on the board; returns the outputs in graph order."""
         args = self._args(feeds)
         try:
-            out = self._vm["main"](*args)
+            # (stateful: a tuple result cannot be iterated through an RPC object reference)
+            self._vm.set_input("main", *args)
+            self._vm.invoke_stateful("main")
+            out = self._vm.get_outputs("main")
         except Exception as exc:
             raise BackendError(f"remote run failed: {exc}") from exc
-        outs = [out] if len(self.output_names) == 1 else list(out)
+        outs = list(out) if isinstance(out, tuple) else [out]
         return [o.numpy() for o in outs]
 
     def benchmark(self, feeds: Mapping[str, np.ndarray], *, repeat: int = 20, warmup: int = 3) -> float:
