@@ -195,8 +195,8 @@ def test_rpc_aarch64_library_cannot_load_on_x86_server(rpc_loopback: RPCConfig) 
     "name",
     [
         "fmnist_cnn",
-        pytest.param("efficientnet_lite0", marks=pytest.mark.slow),
-        pytest.param("minilm", marks=pytest.mark.slow),
+        "efficientnet_lite0",  # ~20 s here (5 s emulated run)
+        pytest.param("minilm", marks=pytest.mark.slow),  # ~30 s idle, 15-40 s per emulated run, ~2 min under load
     ],
 )
 def test_real_model_compiled_for_arm_matches_torch(name: str) -> None:
