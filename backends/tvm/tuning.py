@@ -71,7 +71,8 @@ class Task:
 
 
 def extract_tasks(fused: tvm.IRModule, target: tvm.target.Target) -> list[Task]:
-    """The distinct fused PrimFuncs of a legalized, fused Relax module (identical kernels merged)."""
+    """The distinct fused PrimFuncs of a legalized, fused Relax module (identical kernels merged),
+    leaving out kernels that are already scheduled (see :func:`_hand_scheduled`)."""
     try:
         extracted = ms.relax_integration.extract_tasks(fused, target)
     except Exception as exc:
@@ -79,10 +80,19 @@ def extract_tasks(fused: tvm.IRModule, target: tvm.target.Target) -> list[Task]:
     tasks = []
     for t in extracted:
         mod = t.dispatched[0]
-        if mod.attrs is not None and mod.attrs.get("tirx.is_scheduled", False):
+        if any(_hand_scheduled(func) for func in mod.functions.values()):
             continue
         tasks.append(Task(str(t.task_name), mod, int(t.weight), workload_hash(mod)))
     return tasks
+
+
+def _hand_scheduled(func: object) -> bool:
+    """Already scheduled, or one of cacc's register-tiled kernels (``cacc.kernel``), whose hand
+    schedule beats what a generic search finds in a practical budget: not a tuning task."""
+    from backends.tvm.schedules.tiled import KERNEL_ATTR
+
+    attrs = getattr(func, "attrs", None)
+    return attrs is not None and ("tirx.is_scheduled" in attrs or KERNEL_ATTR in attrs)
 
 
 def fused_module(model: ir.Model | tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
