@@ -70,7 +70,9 @@ def build_module() -> MeanPooledEncoder:
     """The fp32 MiniLM sentence encoder, eval mode, loaded offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the weights load from local files in well under a second
     encoder = AutoModel.from_pretrained(str(_model_path()), dtype=torch.float32)
     return MeanPooledEncoder(encoder).eval()
 
