@@ -7,7 +7,7 @@ from backends.base import Backend, BuildOptions, Executable
 __all__ = ["TARGETS", "Backend", "BuildOptions", "Executable", "get_backend"]
 
 #: Target names accepted by ``compiler.compile(..., target=...)``.
-TARGETS = ("x86", "onnx", "reference")
+TARGETS = ("x86", "cuda", "onnx", "reference")
 
 
 def get_backend(target: str) -> Backend:
@@ -26,4 +26,8 @@ def get_backend(target: str) -> Backend:
         from backends.tvm.x86 import X86Backend
 
         return X86Backend()
+    if target == "cuda":
+        from backends.tvm.cuda import CudaBackend
+
+        return CudaBackend()
     raise BackendError(f"unknown target '{target}'; available targets: {', '.join(TARGETS)}")
