@@ -7,7 +7,7 @@ from backends.base import Backend, BuildOptions, Executable
 __all__ = ["TARGETS", "Backend", "BuildOptions", "Executable", "get_backend"]
 
 #: Target names accepted by ``compiler.compile(..., target=...)``.
-TARGETS = ("x86", "arm", "onnx", "reference")
+TARGETS = ("x86", "arm", "cuda", "onnx", "reference")
 
 
 def get_backend(target: str) -> Backend:
@@ -30,4 +30,8 @@ def get_backend(target: str) -> Backend:
         from backends.tvm.arm import ArmBackend
 
         return ArmBackend()
+    if target == "cuda":
+        from backends.tvm.cuda import CudaBackend
+
+        return CudaBackend()
     raise BackendError(f"unknown target '{target}'; available targets: {', '.join(TARGETS)}")

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, *, target: bool = True) -> None:
         p.add_argument("model", help="an .onnx file or a shipped model name (minilm, efficientnet_lite0, fmnist_cnn)")
         if target:
-            p.add_argument("--target", default="x86", help="x86, onnx or reference (default x86)")
+            p.add_argument("--target", default="x86", help="x86, arm, cuda, onnx or reference (default x86)")
         p.add_argument("--passes", help="comma-separated pass names (default: the standard pipeline)")
         p.add_argument("--num-threads", type=int, default=None, help="threads for the compiled model and ORT")
         p.add_argument("--debug", action="store_true", help="verify IR and check numerics after every pass")

@@ -1,0 +1,70 @@
+"""tools/benchmark.py on fmnist_cnn with tiny repeat/limit: JSON schema, ratios, PNG, skipped rows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import benchmark
+
+
+@pytest.mark.models
+def test_benchmark_fmnist_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    # 2 threads: the machine's core count, so the global torch / TVM thread settings stay as they were
+    args = ["--models", "fmnist_cnn", "--repeat", "3", "--warmup", "1", "--limit", "8", "--threads", "2"]
+    rc = benchmark.main([*args, "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "benchmark.json").read_text())
+    png = (out / "benchmark.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert doc["schema"] == "cacc-benchmark/1"
+    assert doc["baseline"] == "ORT fp32"
+    assert doc["settings"]["threads"] == 2
+    rows = {r["engine"]: r for r in doc["rows"]}
+    assert list(rows) == list(benchmark.ENGINES)
+    for row in doc["rows"]:
+        assert set(row) == set(benchmark.Row.__dataclass_fields__)
+        assert row["model"] == "fmnist_cnn"
+        assert row["status"] in ("ok", "skipped")
+        if row["status"] == "skipped":
+            assert row["reason"]
+            continue
+        assert row["latency_ms"] > 0
+        assert row["repeat"] >= 3
+        assert row["eval_limit"] == 8
+        assert row["size_bytes"] > 0
+        assert 0.0 <= row["metric"]["accuracy"] <= 1.0
+        assert row["ratio_to_ort_fp32"] == pytest.approx(row["latency_ms"] / rows["ORT fp32"]["latency_ms"], rel=1e-2)
+    # engines that must work here: the fp32 ones and cacc itself
+    for engine in ("torch eager", "ORT fp32", "TVM untuned", "cacc x86"):
+        assert rows[engine]["status"] == "ok", rows[engine]["reason"]
+    assert rows["ORT fp32"]["ratio_to_ort_fp32"] == 1.0
+    # fp32 engines agree with torch on the same items
+    for engine in ("ORT fp32", "cacc x86"):
+        assert rows[engine]["metric"]["accuracy"] == rows["torch eager"]["metric"]["accuracy"]
+    # no tuning database given: the tuned row is skipped with a reason, not a crash
+    assert rows["cacc x86 tuned"]["status"] == "skipped"
+    assert "tuning" in rows["cacc x86 tuned"]["reason"]
+    table = capsys.readouterr().out
+    assert "cacc x86" in table and "ORT fp32" in table
+
+
+def test_time_callable_caps_repetitions_by_budget() -> None:
+    import time
+
+    calls = []
+
+    def slow() -> None:
+        calls.append(1)
+        time.sleep(0.02)
+
+    median, n = benchmark.time_callable(slow, repeat=50, warmup=2, budget_s=0.1)
+    assert 3 <= n <= 5  # 0.1 s budget / >= 0.02 s per run, instead of 50
+    assert len(calls) == 2 + n
+    assert median >= 20.0

@@ -1,0 +1,492 @@
+"""Side-by-side benchmark of the shipped models: torch, ONNX Runtime (fp32, int8), plain TVM, cacc.
+
+    python tools/benchmark.py [--models fmnist_cnn ...] [--threads 2] [--repeat 20] [--limit 200] [--out DIR]
+
+Every engine runs in the same process with the same thread count (torch intra-op threads, ORT
+intra-op threads, TVM's pool). For each model and engine it reports the median latency of one
+batch-1 inference (after warm-up; slow engines get fewer repetitions, within ``--time-budget``
+seconds), the ratio to ORT fp32, the model size, and the model's accuracy metric
+(``spec.evaluate(predict, limit)``). A row that fails is kept with its reason, never aborting the
+run. Writes ``benchmark.json`` and ``benchmark.png`` under ``--out`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: Engines in table order.
+ENGINES = (
+    "torch eager",
+    "ORT fp32",
+    "ORT int8 dynamic",
+    "ORT int8 static QDQ",
+    "TVM untuned",
+    "cacc x86",
+    "cacc x86 tuned",
+)
+#: Reference engine for the ratio column.
+BASELINE = "ORT fp32"
+
+Predict = Callable[..., Any]
+
+
+@dataclass
+class Row:
+    """One engine on one model."""
+
+    model: str
+    engine: str
+    status: str = "ok"  #: "ok" or "skipped"
+    reason: str = ""
+    latency_ms: float | None = None
+    ratio_to_ort_fp32: float | None = None  #: latency / ORT fp32 latency (lower is faster)
+    size_bytes: int | None = None
+    metric: dict[str, float] = field(default_factory=dict)
+    repeat: int = 0
+    eval_limit: int = 0
+    build_seconds: float | None = None
+
+
+@dataclass
+class Engine:
+    """What a row needs: a predict callable (numpy in, output out), a timed callable, and a size."""
+
+    predict: Predict
+    timed: Callable[[], Any]  #: one inference on the example inputs (inputs prepared once)
+    size_bytes: int
+    sync: Callable[[], None] = lambda: None
+
+
+def set_threads(threads: int) -> None:
+    """Give torch and TVM ``threads`` threads (ORT sessions get them through their options)."""
+    import torch
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    from backends.tvm import set_num_threads
+
+    set_num_threads(threads)
+
+
+def time_callable(
+    fn: Callable[[], Any], *, repeat: int, warmup: int, budget_s: float, sync: Callable[[], None] = lambda: None
+) -> tuple[float, int]:
+    """Median ms of ``fn`` after ``warmup`` runs; repetitions capped so the timing fits ``budget_s`` (>= 3)."""
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    sync()
+    n = max(3, min(repeat, int(budget_s / max(first, 1e-6))))
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(statistics.median(times)), n
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+
+def _ort_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_engine(path: Path, names: Sequence[str], example: Sequence[np.ndarray], threads: int) -> Engine:
+    sess = _ort_session(path, threads)
+    feeds = dict(zip(names, example))
+    return Engine(
+        predict=lambda *a: sess.run(None, dict(zip(names, a)))[0],
+        timed=lambda: sess.run(None, feeds),
+        size_bytes=path.stat().st_size,
+    )
+
+
+def _executable_engine(exe: Any, names: Sequence[str], example: Sequence[np.ndarray], size: int) -> Engine:
+    feeds = dict(zip(names, example))
+    # TVM executables time with inputs already on the device (what Executable.benchmark does)
+    args = exe._args(feeds) if hasattr(exe, "_args") and hasattr(exe, "_call") else None
+    timed = (lambda: exe._call(args)) if args is not None else (lambda: exe.run(feeds))
+    device = getattr(exe, "device", None)
+    return Engine(
+        predict=lambda *a: exe.run(dict(zip(names, a)))[0],
+        timed=timed,
+        size_bytes=size,
+        sync=(lambda: device.sync()) if device is not None else (lambda: None),
+    )
+
+
+class _Calibration:
+    """An ORT CalibrationDataReader over a model's calibration samples."""
+
+    def __init__(self, names: Sequence[str], samples: Sequence[tuple[np.ndarray, ...]]) -> None:
+        self._it = iter([dict(zip(names, s)) for s in samples])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # not needed by MinMax calibration
+        pass
+
+
+def _preprocessed(src: Path, work: Path) -> Path:
+    """ORT's recommended pre-processing (shape inference, optimisation) before quantization."""
+    from onnxruntime.quantization import quant_pre_process
+
+    dst = work / f"{src.stem}.pre.onnx"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return dst
+    except Exception:
+        return src
+
+
+def _quantize_dynamic(src: Path, work: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst = work / f"{src.stem}.int8dyn.onnx"
+    quantize_dynamic(str(_preprocessed(src, work)), str(dst), weight_type=QuantType.QInt8)
+    return dst
+
+
+def _quantize_static(src: Path, work: Path, names: Sequence[str], calib: Sequence[tuple[np.ndarray, ...]]) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    dst = work / f"{src.stem}.int8qdq.onnx"
+    quantize_static(
+        str(_preprocessed(src, work)),
+        str(dst),
+        _Calibration(names, calib),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    return dst
+
+
+def _export_onnx(spec: Any, work: Path) -> Path:
+    import torch
+
+    path = work / f"{spec.name}.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        program = torch.onnx.export(spec.module, spec.example_inputs, dynamo=True, input_names=list(spec.input_names))
+    if program is None:
+        raise RuntimeError(f"torch.onnx.export returned nothing for {spec.name}")
+    program.save(str(path))
+    return path
+
+
+def _torch_size(module: Any) -> int:
+    return int(sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]))
+
+
+def _compile_kwargs(tuning_db: str | None) -> dict[str, Any]:
+    """Extra ``compiler.compile`` arguments for the tuned row (the hook for a tuning database)."""
+    import compiler
+
+    if tuning_db is None:
+        raise RuntimeError("no tuning database given (--tuning-db DIR)")
+    params = inspect.signature(compiler.compile).parameters
+    if "tuning_db" not in params:
+        raise RuntimeError("compiler.compile() has no tuning_db parameter yet")
+    if not Path(tuning_db).exists():
+        raise RuntimeError(f"tuning database {tuning_db} does not exist")
+    return {"tuning_db": tuning_db}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+@dataclass
+class Settings:
+    """Command-line settings."""
+
+    threads: int = 2
+    repeat: int = 20
+    warmup: int = 3
+    limit: int = 200
+    time_budget: float = 10.0  #: seconds of timed runs per row at most (>= 3 runs)
+    eval_budget: float = 60.0  #: seconds of accuracy evaluation per row at most (>= 8 items)
+    calib: int = 32
+    engines: tuple[str, ...] = ENGINES
+    tuning_db: str | None = None
+
+
+def _builders(spec: Any, onnx_path: Path, work: Path, s: Settings) -> dict[str, Callable[[], Engine]]:
+    names = list(spec.input_names)
+    example = [t.numpy() for t in spec.example_inputs]
+
+    def torch_eager() -> Engine:
+        import torch
+
+        from models import torch_predict
+
+        predict = torch_predict(spec.module)
+        tensors = list(spec.example_inputs)
+
+        def timed() -> Any:
+            with torch.inference_mode():
+                return spec.module(*tensors)
+
+        return Engine(predict, timed, _torch_size(spec.module))
+
+    def tvm_untuned() -> Engine:
+        from backends.tvm import build, host_target
+        from compiler.frontends import import_model
+        from compiler.ir.printer import parameter_count
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            model = import_model(spec.module, spec.example_inputs, input_names=names)
+        exe = build(model, host_target(s.threads), num_threads=s.threads, schedule=False)
+        return _executable_engine(exe, names, example, parameter_count(model)[1])
+
+    def cacc(extra: dict[str, Any]) -> Engine:
+        import compiler
+        from compiler.ir.printer import parameter_count
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cm = compiler.compile(
+                spec.module,
+                spec.example_inputs,
+                target="x86",
+                num_threads=s.threads,
+                measure=False,
+                input_names=names,
+                **extra,
+            )
+        return _executable_engine(cm.executable, names, example, parameter_count(cm.ir)[1])
+
+    calib = list(spec.calibration_data)[: s.calib]
+    return {
+        "torch eager": torch_eager,
+        "ORT fp32": lambda: _ort_engine(onnx_path, names, example, s.threads),
+        "ORT int8 dynamic": lambda: _ort_engine(_quantize_dynamic(onnx_path, work), names, example, s.threads),
+        "ORT int8 static QDQ": lambda: _ort_engine(
+            _quantize_static(onnx_path, work, names, calib), names, example, s.threads
+        ),
+        "TVM untuned": tvm_untuned,
+        "cacc x86": lambda: cacc({}),
+        "cacc x86 tuned": lambda: cacc(_compile_kwargs(s.tuning_db)),
+    }
+
+
+def bench_row(name: str, engine: str, make: Callable[[], Engine], spec: Any, s: Settings) -> Row:
+    """Build ``engine``, time it and evaluate it; a failure becomes a skipped row with the reason."""
+    row = Row(model=name, engine=engine)
+    try:
+        t0 = time.perf_counter()
+        eng = make()
+        row.build_seconds = round(time.perf_counter() - t0, 3)
+        row.size_bytes = int(eng.size_bytes)
+        row.latency_ms, row.repeat = time_callable(
+            eng.timed, repeat=s.repeat, warmup=s.warmup, budget_s=s.time_budget, sync=eng.sync
+        )
+        per_item_s = row.latency_ms / 1e3 * (2 if name == "minilm" else 1)  # MiniLM embeds two texts per item
+        row.eval_limit = max(1, min(s.limit, max(8, int(s.eval_budget / max(per_item_s, 1e-6)))))
+        if s.limit > 0:
+            with contextlib.redirect_stdout(io.StringIO()):
+                row.metric = {k: float(v) for k, v in spec.evaluate(eng.predict, limit=row.eval_limit).items()}
+    except Exception as exc:
+        row.status = "skipped"
+        row.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        if os.environ.get("CACC_BENCH_DEBUG"):
+            traceback.print_exc()
+    return row
+
+
+def run_benchmark(model_names: Sequence[str], s: Settings, work: Path) -> list[Row]:
+    """All rows for ``model_names`` (ratios filled in against ORT fp32)."""
+    import models
+
+    set_threads(s.threads)
+    rows: list[Row] = []
+    for name in model_names:
+        try:
+            spec = models.get(name)
+            onnx_path = _export_onnx(spec, work)
+        except Exception as exc:
+            rows += [Row(name, e, "skipped", f"model unavailable: {type(exc).__name__}: {exc}") for e in s.engines]
+            continue
+        builders = _builders(spec, onnx_path, work, s)
+        model_rows = []
+        for engine in s.engines:
+            row = bench_row(name, engine, builders[engine], spec, s)
+            print(f"  {name:<20} {engine:<22} {_fmt_latency(row)}", file=sys.stderr, flush=True)
+            model_rows.append(row)
+        base = next((r for r in model_rows if r.engine == BASELINE and r.latency_ms), None)
+        for r in model_rows:
+            if base is not None and r.latency_ms is not None and base.latency_ms:
+                r.ratio_to_ort_fp32 = round(r.latency_ms / base.latency_ms, 3)
+        rows += model_rows
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _fmt_latency(row: Row) -> str:
+    return f"{row.latency_ms:10.3f} ms" if row.latency_ms is not None else f"skipped ({row.reason})"
+
+
+def _fmt_metric(metric: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in metric.items() if k != "n")
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table of ``rows``."""
+    header = f"{'model':<19} {'engine':<20} {'latency ms':>11} {'x ORT':>7} {'size MB':>8} {'n':>5}  accuracy"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if r.status != "ok":
+            lines.append(f"{r.model:<19} {r.engine:<20} {'—':>11} {'':>7} {'':>8} {'':>5}  skipped: {r.reason}")
+            continue
+        ratio = f"{r.ratio_to_ort_fp32:.2f}" if r.ratio_to_ort_fp32 is not None else "—"
+        size = f"{r.size_bytes / 1e6:.2f}" if r.size_bytes is not None else "—"
+        lines.append(
+            f"{r.model:<19} {r.engine:<20} {r.latency_ms:>11.3f} {ratio:>7} {size:>8} {r.eval_limit:>5}  "
+            f"{_fmt_metric(r.metric)}"
+        )
+    return "\n".join(lines)
+
+
+def write_chart(rows: Sequence[Row], path: Path, threads: int) -> None:
+    """A PNG with one horizontal bar chart (latency, log scale) per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model_names = list(dict.fromkeys(r.model for r in rows))
+    fig, axes = plt.subplots(len(model_names), 1, figsize=(9, 2.6 * max(len(model_names), 1)), squeeze=False)
+    for ax, name in zip(axes[:, 0], model_names):
+        mrows = [r for r in rows if r.model == name]
+        labels = [r.engine for r in mrows]
+        values = [r.latency_ms if r.latency_ms is not None else 0.0 for r in mrows]
+        colors = ["tab:green" if r.engine.startswith("cacc") else "tab:blue" for r in mrows]
+        ax.barh(labels, values, color=colors)
+        ax.invert_yaxis()
+        if any(v > 0 for v in values):
+            ax.set_xscale("log")
+        for i, r in enumerate(mrows):
+            text = (
+                f"{r.latency_ms:.2f} ms ({r.ratio_to_ort_fp32:.2f}x ORT)"
+                if r.latency_ms is not None and r.ratio_to_ort_fp32 is not None
+                else ("skipped" if r.latency_ms is None else f"{r.latency_ms:.2f} ms")
+            )
+            ax.text(max(values[i], min((v for v in values if v > 0), default=1.0)), i, " " + text, va="center")
+        ax.set_title(f"{name}: median batch-1 latency, {threads} threads (lower is better)")
+        ax.set_xlabel("ms")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "onnxruntime", "tvm", "onnx"):
+        try:
+            out[mod] = str(__import__(mod).__version__)
+        except Exception:
+            out[mod] = "unavailable"
+    return out
+
+
+def write_outputs(rows: Sequence[Row], s: Settings, out: Path) -> dict[str, Any]:
+    """Write ``benchmark.json`` and ``benchmark.png`` under ``out``; returns the JSON document."""
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "schema": "cacc-benchmark/1",
+        "settings": {k: v for k, v in asdict(s).items() if k != "engines"} | {"engines": list(s.engines)},
+        "host": {"machine": platform.machine(), "cpu_count": os.cpu_count(), "processor": platform.processor()},
+        "versions": _versions(),
+        "baseline": BASELINE,
+        "rows": [asdict(r) for r in rows],
+    }
+    (out / "benchmark.json").write_text(json.dumps(doc, indent=2))
+    write_chart(rows, out / "benchmark.png", s.threads)
+    return doc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--models", nargs="+", default=None, help="shipped model names (default: all)")
+    p.add_argument("--engines", nargs="+", default=None, choices=ENGINES, metavar="ENGINE", help="rows to run")
+    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs per row at most (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--limit", type=int, default=200, help="items for the accuracy metric at most (0: skip)")
+    p.add_argument("--time-budget", type=float, default=10.0, help="seconds of timed runs per row at most")
+    p.add_argument("--eval-budget", type=float, default=60.0, help="seconds of accuracy evaluation per row at most")
+    p.add_argument("--calib", type=int, default=32, help="calibration samples for static int8 (default 32)")
+    p.add_argument("--tuning-db", default=None, help="tuning database for the 'cacc x86 tuned' row")
+    p.add_argument("--out", default="benchmark_out", help="output directory for JSON and PNG")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark from the command line."""
+    import models
+
+    args = build_parser().parse_args(argv)
+    s = Settings(
+        threads=args.threads,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        limit=args.limit,
+        time_budget=args.time_budget,
+        eval_budget=args.eval_budget,
+        calib=args.calib,
+        engines=tuple(args.engines or ENGINES),
+        tuning_db=args.tuning_db,
+    )
+    names = args.models or models.available()
+    with tempfile.TemporaryDirectory(prefix="cacc-bench-") as tmp:
+        rows = run_benchmark(names, s, Path(tmp))
+    out = Path(args.out)
+    write_outputs(rows, s, out)
+    print(f"threads={s.threads} repeat<={s.repeat} limit<={s.limit}  (x ORT = latency / ORT fp32 latency)")
+    print(format_table(rows))
+    print(f"\nwrote {out / 'benchmark.json'} and {out / 'benchmark.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
