@@ -19,6 +19,7 @@ class BuildOptions:
     tune_trials: int = 0  #: auto-tuning trials (all kernels together); 0 = no tuning
     tune_minutes: float | None = None  #: auto-tuning wall-time budget
     tuning_db: str | None = None  #: tuning database directory (None: the cache dir + shipped records)
+    use_tuning_records: bool = True  #: False: build with the default schedules only
 
 
 class Executable(ABC):

@@ -89,6 +89,7 @@ def build_for_target(model: ir.Model, config: CompileConfig) -> tuple[Executable
             tune_trials=config.tune_trials,
             tune_minutes=config.tune_minutes,
             tuning_db=config.tuning_db,
+            use_tuning_records=config.use_tuning_records,
         )
         executable = backend.build(model, options)
     except CompilerError:
@@ -113,6 +114,7 @@ def compile(
     tune_trials: int = 0,
     tune_minutes: float | None = None,
     tuning_db: str | os.PathLike[str] | None = None,
+    use_tuning_records: bool = True,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a :class:`CompiledModel`.
 
@@ -122,7 +124,8 @@ def compile(
     numerics after every pass; ``measure`` times the result and ONNX Runtime for the report.
     ``name`` labels the model in the report (default: the class or file name).
     ``tune_trials`` / ``tune_minutes`` auto-tune the kernels (TVM targets) within that budget, recording
-    into ``tuning_db`` (a directory; default: the user cache dir); existing records are always reused.
+    into ``tuning_db`` (a directory; default: the user cache dir); existing records (that directory plus the
+    records shipped in ``models/tuning``) are reused unless ``use_tuning_records=False``.
     """
     start = time.perf_counter()
     config = CompileConfig(
@@ -134,6 +137,7 @@ def compile(
         tune_trials=tune_trials,
         tune_minutes=tune_minutes,
         tuning_db=os.fspath(tuning_db) if tuning_db is not None else None,
+        use_tuning_records=use_tuning_records,
     )
     if passes is not None:
         config.passes = list(passes)

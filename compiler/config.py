@@ -29,6 +29,7 @@ class CompileConfig:
     tune_trials: int = 0  #: auto-tuning trials for all kernels together (0: use existing records only)
     tune_minutes: float | None = None  #: auto-tuning wall-time budget in minutes
     tuning_db: str | None = None  #: tuning database directory (None: the user cache dir, plus shipped records)
+    use_tuning_records: bool = True  #: apply existing tuning records (False: default schedules only)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import io
 import json
 import os
@@ -217,18 +216,19 @@ def _torch_size(module: Any) -> int:
     return int(sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]))
 
 
-def _compile_kwargs(tuning_db: str | None) -> dict[str, Any]:
-    """Extra ``compiler.compile`` arguments for the tuned row (the hook for a tuning database)."""
-    import compiler
+def _tuned_kwargs(spec_name: str, tuning_db: str | None) -> dict[str, Any]:
+    """``compiler.compile`` arguments for the tuned row: ``--tuning-db`` if given, else the user cache
+    and the records shipped in ``models/tuning`` (the row is skipped when neither has any)."""
+    from backends.tvm.database import default_cache_dir, shipped_files
 
-    if tuning_db is None:
-        raise RuntimeError("no tuning database given (--tuning-db DIR)")
-    params = inspect.signature(compiler.compile).parameters
-    if "tuning_db" not in params:
-        raise RuntimeError("compiler.compile() has no tuning_db parameter yet")
-    if not Path(tuning_db).exists():
-        raise RuntimeError(f"tuning database {tuning_db} does not exist")
-    return {"tuning_db": tuning_db}
+    if tuning_db is not None:
+        if not Path(tuning_db).exists():
+            raise RuntimeError(f"tuning database {tuning_db} does not exist")
+        return {"tuning_db": tuning_db}
+    shipped = [p for p in shipped_files() if p.name.startswith(f"{spec_name}_")]
+    if not shipped and not any(default_cache_dir().glob("*.jsonl")):
+        raise RuntimeError(f"no tuning records for {spec_name} (run `cacc tune {spec_name}` or pass --tuning-db)")
+    return {}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -302,8 +302,8 @@ def _builders(spec: Any, onnx_path: Path, work: Path, s: Settings) -> dict[str, 
             _quantize_static(onnx_path, work, names, calib), names, example, s.threads
         ),
         "TVM untuned": tvm_untuned,
-        "cacc x86": lambda: cacc({}),
-        "cacc x86 tuned": lambda: cacc(_compile_kwargs(s.tuning_db)),
+        "cacc x86": lambda: cacc({"use_tuning_records": False}),
+        "cacc x86 tuned": lambda: cacc(_tuned_kwargs(spec.name, s.tuning_db)),
     }
 
 

@@ -21,8 +21,11 @@ class X86Backend(Backend):
         from backends.tvm.database import open_database
 
         target = host_target(options.num_threads)
+        tuning = bool(options.tune_trials or options.tune_minutes)
+        if not (tuning or options.use_tuning_records):
+            return build(model, target, num_threads=options.num_threads)
         database = open_database(options.tuning_db)
-        if options.tune_trials or options.tune_minutes:
+        if tuning:
             from backends.tvm.tuning import tune_model
 
             print(
