@@ -30,15 +30,22 @@ if TYPE_CHECKING:
     from backends.tvm.database import TuningDatabase
 
 
+#: The thread count TVM's pool was last sized to: resizing restarts the pool's threads, which costs
+#: far more than running a small model, so it is done only when the count changes.
+_configured_threads: int | None = None
+
+
 def set_num_threads(num_threads: int | None) -> None:
     """Size TVM's runtime thread pool (``None`` keeps TVM's default: TVM_NUM_THREADS or all cores)."""
-    if num_threads is None:
+    global _configured_threads
+    if num_threads is None or num_threads == _configured_threads:
         return
     if num_threads < 1:
         raise BackendError(f"num_threads must be >= 1, got {num_threads}")
     os.environ["TVM_NUM_THREADS"] = str(num_threads)
     try:
         tvm.get_global_func("runtime.config_threadpool")(1, int(num_threads))  # 1: "big" cores
+        _configured_threads = num_threads
     except Exception as exc:
         raise BackendError(f"cannot configure TVM's thread pool: {exc}") from exc
 
