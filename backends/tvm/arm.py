@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ from backends.base import Backend, BuildOptions, Executable
 from backends.tvm import arm_setup
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.runtime import cpu_pipeline
-from compiler.errors import BackendError, InputSignatureError
+from backends.tvm.signature import InputSignature, check_inputs, input_signatures
+from compiler.errors import BackendError
 
 #: Seconds one emulated run (or benchmark) may take before it is abandoned.
 QEMU_TIMEOUT_S = 1800.0
@@ -86,45 +87,11 @@ class RPCConfig:
 
 
 @dataclass
-class _Signature:
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: np.dtype
-
-
-def _signatures(model: ir.Model) -> list[_Signature]:
-    sigs = []
-    for v in model.graph.inputs:
-        if v.dtype is None:
-            raise BackendError(f"graph input '{v.name}' has no dtype")
-        shape = tuple(d if isinstance(d, int) else None for d in (v.shape or []))
-        sigs.append(_Signature(v.name or "", shape, np.dtype(v.dtype.numpy())))
-    return sigs
-
-
-def check_inputs(inputs: Sequence[_Signature], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """The feeds in signature order, C-contiguous; InputSignatureError on a mismatch."""
-    missing = [s.name for s in inputs if s.name not in feeds]
-    extra = sorted(set(feeds) - {s.name for s in inputs})
-    if missing or extra:
-        raise InputSignatureError(f"inputs do not match the model: missing {missing}, unexpected {extra}")
-    arrays = []
-    for sig in inputs:
-        arr = np.asarray(feeds[sig.name])
-        if arr.dtype != sig.dtype:
-            raise InputSignatureError(f"input '{sig.name}' has dtype {arr.dtype}, expected {sig.dtype}")
-        if arr.ndim != len(sig.shape) or any(d is not None and d != a for d, a in zip(sig.shape, arr.shape)):
-            raise InputSignatureError(f"input '{sig.name}' has shape {arr.shape}, expected {sig.shape}")
-        arrays.append(arr if arr.flags.c_contiguous else arr.copy(order="C"))
-    return arrays
-
-
-@dataclass
 class ArmExecutable(Executable):
     """A model built for ARM, run in ``qemu-aarch64`` by the C++ runner (one process per call)."""
 
     library: Path
-    inputs: list[_Signature]
+    inputs: list[InputSignature]
     output_names: list[str]
     toolchain: arm_setup.Toolchain
     runner: Path
@@ -192,7 +159,7 @@ class RPCExecutable(Executable):
     """A model library uploaded to a board's RPC server and run in a remote Relax VM."""
 
     library: Path
-    inputs: list[_Signature]
+    inputs: list[InputSignature]
     output_names: list[str]
     rpc: RPCConfig
     target: tvm.target.Target
@@ -318,7 +285,7 @@ class ArmBackend(Backend):
         except Exception as exc:
             raise BackendError(f"linking the model library failed: {exc}") from exc
         seconds = time.perf_counter() - t0
-        inputs, outputs = _signatures(model), [v.name or "" for v in model.graph.outputs]
+        inputs, outputs = input_signatures(model), [v.name or "" for v in model.graph.outputs]
         if self.rpc is not None:
             return RPCExecutable(library, inputs, outputs, self.rpc, target, seconds, workdir)
         if toolchain is None:

@@ -27,7 +27,8 @@ from tvm.s_tir import dlight as dl
 
 from backends.base import Backend, BuildOptions, Executable
 from backends.tvm.relax_emitter import emit_relax
-from compiler.errors import BackendError, InputSignatureError
+from backends.tvm.signature import InputSignature, check_inputs, input_signatures
+from compiler.errors import BackendError
 
 #: The architecture used when none is given and no GPU can be asked (A100).
 DEFAULT_ARCH = "sm_80"
@@ -141,23 +142,6 @@ def _use_nvcc_if_no_nvrtc() -> None:
         os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
 
 
-@dataclass
-class _Signature:
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: np.dtype
-
-
-def _signatures(model: ir.Model) -> list[_Signature]:
-    out = []
-    for v in model.graph.inputs:
-        if v.dtype is None:
-            raise BackendError(f"graph input '{v.name}' has no dtype")
-        shape = tuple(d if isinstance(d, int) else None for d in (v.shape or []))
-        out.append(_Signature(v.name or "", shape, np.dtype(v.dtype.numpy())))
-    return out
-
-
 def _cuda_modules(mod: tvm.runtime.Module) -> list[tvm.runtime.Module]:
     found = [mod] if mod.kind == "cuda" else []
     for sub in mod.imports:
@@ -171,7 +155,7 @@ class CudaLibrary:
 
     executable: relax.VMExecutable
     target: tvm.target.Target
-    inputs: list[_Signature]
+    inputs: list[InputSignature]
     output_names: list[str]
     build_seconds: float = 0.0
 
@@ -223,7 +207,7 @@ def compile_cuda(model: ir.Model, arch: str | None = None) -> CudaLibrary:
     return CudaLibrary(
         executable=ex,
         target=target,
-        inputs=_signatures(model),
+        inputs=input_signatures(model),
         output_names=[v.name or "" for v in model.graph.outputs],
         build_seconds=time.perf_counter() - t0,
     )
@@ -258,22 +242,7 @@ class CudaExecutable(Executable):
         return self._vm
 
     def _args(self, feeds: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
-        sigs = self.library.inputs
-        missing = [s.name for s in sigs if s.name not in feeds]
-        extra = sorted(set(feeds) - {s.name for s in sigs})
-        if missing or extra:
-            raise InputSignatureError(f"inputs do not match the model: missing {missing}, unexpected {extra}")
-        args = []
-        for sig in sigs:
-            arr = np.asarray(feeds[sig.name])
-            if arr.dtype != sig.dtype:
-                raise InputSignatureError(f"input '{sig.name}' has dtype {arr.dtype}, expected {sig.dtype}")
-            if len(arr.shape) != len(sig.shape) or any(
-                d is not None and d != a for d, a in zip(sig.shape, arr.shape, strict=False)
-            ):
-                raise InputSignatureError(f"input '{sig.name}' has shape {arr.shape}, expected {sig.shape}")
-            args.append(tvm.runtime.tensor(arr if arr.flags.c_contiguous else arr.copy(order="C"), self.device))
-        return args
+        return [tvm.runtime.tensor(a, self.device) for a in check_inputs(self.library.inputs, feeds)]
 
     def _call(self, args: Sequence[tvm.runtime.Tensor]) -> object:
         try:

@@ -23,8 +23,9 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from backends.base import Executable
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.schedule import safe_default_schedule
+from backends.tvm.signature import InputSignature, check_inputs, input_signatures
 from backends.tvm.target import resolve_target
-from compiler.errors import BackendError, InputSignatureError
+from compiler.errors import BackendError
 
 if TYPE_CHECKING:
     from backends.tvm.database import TuningDatabase
@@ -92,19 +93,12 @@ def _apply_database(tuned: object) -> tvm.transform.Pass:
 
 
 @dataclass
-class _Signature:
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: np.dtype
-
-
-@dataclass
 class TVMExecutable(Executable):
     """A model compiled by TVM: ``run`` executes it on the Relax VM, ``benchmark`` times it."""
 
     executable: relax.VMExecutable
     device: tvm.runtime.Device
-    inputs: list[_Signature]
+    inputs: list[InputSignature]
     output_names: list[str]
     target: tvm.target.Target
     num_threads: int | None = None
@@ -124,22 +118,7 @@ class TVMExecutable(Executable):
         return self._vm
 
     def _args(self, feeds: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
-        missing = [s.name for s in self.inputs if s.name not in feeds]
-        extra = sorted(set(feeds) - {s.name for s in self.inputs})
-        if missing or extra:
-            raise InputSignatureError(f"inputs do not match the model: missing {missing}, unexpected {extra}")
-        args = []
-        for sig in self.inputs:
-            arr = np.asarray(feeds[sig.name])
-            if arr.dtype != sig.dtype:
-                raise InputSignatureError(f"input '{sig.name}' has dtype {arr.dtype}, expected {sig.dtype}")
-            if len(arr.shape) != len(sig.shape) or any(
-                d is not None and d != a for d, a in zip(sig.shape, arr.shape, strict=False)
-            ):
-                raise InputSignatureError(f"input '{sig.name}' has shape {arr.shape}, expected {sig.shape}")
-            # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
-            args.append(tvm.runtime.tensor(arr if arr.flags.c_contiguous else arr.copy(order="C"), self.device))
-        return args
+        return [tvm.runtime.tensor(a, self.device) for a in check_inputs(self.inputs, feeds)]
 
     def _call(self, args: Sequence[tvm.runtime.Tensor]) -> object:
         try:
@@ -202,14 +181,7 @@ def build(
     kind = tgt.kind.name
     if kind != "llvm":
         raise BackendError(f"running on target kind '{kind}' is not supported yet (built only)")
-    inputs = [
-        _Signature(
-            v.name or "",
-            tuple(d if isinstance(d, int) else None for d in (v.shape or [])),
-            np.dtype(v.dtype.numpy()),  # type: ignore[union-attr]
-        )
-        for v in model.graph.inputs
-    ]
+    inputs = input_signatures(model)
     set_num_threads(num_threads)
     return TVMExecutable(
         executable=ex,
