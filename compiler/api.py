@@ -18,7 +18,7 @@ from compiler.errors import BackendError, CompilerError
 from compiler.frontends import import_model, is_torch_module
 from compiler.ir.interpreter import run as run_reference
 from compiler.ir.printer import op_histogram, parameter_count
-from compiler.report import PassSummary, Report
+from compiler.report import Report
 from passes.manager import PassManager
 
 
@@ -174,10 +174,7 @@ def compile(
         nodes_before=nodes_before,
         nodes_after=len(model_ir.graph),
         op_counts=dict(op_histogram(model_ir)),
-        passes=[
-            PassSummary(r.name, r.modified, r.seconds, r.nodes_before, r.nodes_after, r.bytes_before, r.bytes_after)
-            for r in pipeline.records
-        ],
+        passes=list(pipeline.records),
         max_abs_error=_max_abs_error(reference, outputs),
         error_reference=error_reference,
         num_threads=config.num_threads,

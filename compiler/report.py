@@ -5,22 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from passes.manager import PassRecord
+
 
 def _mb(nbytes: int) -> str:
     return f"{nbytes / 1e6:.2f} MB"
-
-
-@dataclass
-class PassSummary:
-    """One pass as it appears in the report."""
-
-    name: str
-    modified: bool
-    seconds: float
-    nodes_before: int
-    nodes_after: int
-    bytes_before: int
-    bytes_after: int
 
 
 @dataclass
@@ -36,7 +25,7 @@ class Report:
     nodes_before: int = 0
     nodes_after: int = 0
     op_counts: dict[str, int] = field(default_factory=dict)
-    passes: list[PassSummary] = field(default_factory=list)
+    passes: list[PassRecord] = field(default_factory=list)
     max_abs_error: float | None = None
     error_reference: str = ""  #: what ``max_abs_error`` was measured against
     latency_ms: float | None = None
@@ -58,7 +47,7 @@ class Report:
     def from_dict(cls, data: dict[str, Any]) -> Report:
         """Inverse of :meth:`to_dict`."""
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        fields["passes"] = [PassSummary(**p) for p in fields.get("passes", [])]
+        fields["passes"] = [PassRecord(**p) for p in fields.get("passes", [])]
         return cls(**fields)
 
     def __str__(self) -> str:
@@ -84,12 +73,17 @@ class Report:
         if self.passes:
             lines.append("  passes:")
             name_w = max(len(p.name) for p in self.passes)
-            lines.append(f"    {'pass'.ljust(name_w)}  changed   time(s)  nodes        weights")
+            checked = any(p.max_error is not None for p in self.passes)
+            header = f"    {'pass'.ljust(name_w)}  changed   time(s)  nodes        weights"
+            lines.append(header + ("     max error" if checked else ""))
             for p in self.passes:
-                lines.append(
+                line = (
                     f"    {p.name.ljust(name_w)}  {'yes' if p.modified else 'no ':<8} {p.seconds:8.3f}  "
                     f"{f'{p.nodes_before}->{p.nodes_after}':<12} {_mb(p.bytes_after)}"
                 )
+                if checked:
+                    line += f"  {p.max_error:10.3g}" if p.max_error is not None else f"  {'-':>10}"
+                lines.append(line)
         if self.op_counts:
             ops = ", ".join(f"{k} {v}" for k, v in sorted(self.op_counts.items(), key=lambda kv: -kv[1]))
             lines.append(f"  ops: {ops}")
