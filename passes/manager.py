@@ -135,7 +135,7 @@ class PassManager:
             result.records.append(record)
             if self.debug:
                 verify(model, pass_name=p.name)
-                if reference is not None and self.reference_inputs is not None:
+                if pass_result.modified and reference is not None and self.reference_inputs is not None:
                     self._check_numerics(p, model, self.reference_inputs, reference, record)
         result.model = model
         return result
