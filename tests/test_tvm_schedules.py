@@ -74,6 +74,22 @@ def test_conv_kernels(xs: tuple[int, ...], ws: tuple[int, ...], attrs: dict) -> 
     check_against_ort([node], {"x": x}, initializers={"w": w, "b": b}, atol=1e-4)
 
 
+@pytest.mark.parametrize(("xs", "co", "act"), [((2, 13, 19, 29), 11, ""), ((1, 9, 24, 24), 20, "Clip")])
+def test_pointwise_conv_as_gemm(xs: tuple[int, ...], co: int, act: str) -> None:
+    """1x1 convs on maps with rows not a multiple of two vectors run as a flattened-pixel GEMM."""
+    x, w, b = rand(*xs, seed=24), rand(co, xs[1], 1, 1, seed=25), rand(co, seed=26)
+    attrs: dict[str, Any] = {"activation": act, "activation_params": [0.0, 6.0]} if act else {}
+    node = helper.make_node("FusedConv", ["x", "w", "b"], ["y"], domain="cacc", **attrs)
+    model = to_ir(make_model([node], {"x": x}, ["y"], {"w": w, "b": b}))
+    names = {gv.name_hint for gv, _ in emit_relax(model).functions_items()}
+    assert "cacc_pointwise_conv2d" in names, sorted(names)
+    (got,) = run_tvm(model, {"x": x})
+    (ref,) = check_against_ort(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"])], {"x": x}, ["c"], {"w": w, "b": b}, atol=1e-4
+    )
+    np.testing.assert_allclose(got, np.clip(ref, 0.0, 6.0) if act else ref, atol=1e-4)
+
+
 def test_fused_conv_clip_epilogue() -> None:
     x, w, b = rand(1, 6, 10, 9, seed=16), rand(6, 1, 3, 3, seed=17), rand(6, seed=18)
     node = helper.make_node(

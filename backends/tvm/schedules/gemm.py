@@ -83,12 +83,14 @@ def gemm_func(
     bias: str = "",
     activation: str = "",
     activation_params: Sequence[float] = (),
+    rows_outer: bool | None = None,
 ) -> tirx.PrimFunc:
     """PrimFunc ``(L, R[, bias], out)``: ``out[b] = act(L[b] @ R[b] + bias)``.
 
     ``L`` is ``[B, M, K]`` or packed ``[Mp/mr, K, mr]``; ``R`` is ``[B, K, N]`` or packed
     ``[Np/nb, K, nb]`` (packed operands are shared by the batch). ``bias`` is ``""``,
-    ``"col"`` (shape ``[N]``) or ``"row"`` (shape ``[M]``).
+    ``"col"`` (shape ``[N]``) or ``"row"`` (shape ``[M]``). ``rows_outer`` picks the tile loop
+    order (row tiles outside column tiles); by default column tiles are outside when ``R`` is packed.
     """
     p = plan
     mr, nb = p.mr, p.nb
@@ -127,5 +129,7 @@ def gemm_func(
     out = te.compute((p.batch, p.m, p.n), epi, name="out")
     func = te.create_prim_func([*args, out])
     # batch loop first, then column tiles outside row tiles when R is a packed panel (reused from cache)
-    order = "0.3.1" if rhs_packed else "0.1.3"
+    if rows_outer is None:
+        rows_outer = not rhs_packed
+    order = "0.1.3" if rows_outer else "0.3.1"
     return func.with_attr(KERNEL_ATTR, tile_attr(2, 4, order)).with_attr("op_pattern", 8)
