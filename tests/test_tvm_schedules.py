@@ -106,13 +106,16 @@ def test_fused_conv_clip_epilogue() -> None:
 
 def test_kernels_are_scheduled() -> None:
     a, w = rand(20, 24, seed=19), rand(24, 40, seed=20)
-    x, cw, dw = rand(1, 4, 12, 12, seed=21), rand(8, 4, 1, 1, seed=22), rand(8, 1, 3, 3, seed=23)
+    x, cw, dw = rand(1, 4, 12, 12, seed=21), rand(8, 4, 3, 3, seed=22), rand(8, 1, 3, 3, seed=23)
+    pw = rand(6, 8, 1, 1, seed=27)
     nodes = [
         helper.make_node("MatMul", ["a", "w"], ["y"]),
-        helper.make_node("Conv", ["x", "cw"], ["c"]),
-        helper.make_node("Conv", ["c", "dw"], ["z"], group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c", "dw"], ["d"], group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["d", "pw"], ["z"]),
     ]
-    model = to_ir(make_model(nodes, {"a": a, "x": x}, ["y", "z"], {"w": w, "cw": cw, "dw": dw}))
+    inits = {"w": w, "cw": cw, "dw": dw, "pw": pw}
+    model = to_ir(make_model(nodes, {"a": a, "x": x}, ["y", "z"], inits))
     target = host_target(1)
     mod = safe_default_schedule(target)(emit_relax(model))
     kernels = {
@@ -120,7 +123,8 @@ def test_kernels_are_scheduled() -> None:
         for gv, f in mod.functions_items()
         if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and KERNEL_ATTR in f.attrs
     }
-    assert {"cacc_dense", "cacc_conv2d", "cacc_depthwise_conv2d"} <= set(kernels), sorted(kernels)
+    expected = {"cacc_dense", "cacc_conv2d", "cacc_depthwise_conv2d", "cacc_pointwise_conv2d"}
+    assert expected <= set(kernels), sorted(kernels)
     for name, func in kernels.items():
         assert "tirx.is_scheduled" in func.attrs, name
         script = func.script()

@@ -15,7 +15,7 @@ from tvm import relax, tirx
 from backends.tvm.lowering.common import EmitContext
 from backends.tvm.schedules.conv import conv_func, pack_conv_weight, plan_conv
 from backends.tvm.schedules.epilogue import SUPPORTED
-from backends.tvm.schedules.gemm import gemm_func, pack_lhs, pack_rhs, plan_gemm
+from backends.tvm.schedules.gemm import GemmPlan, gemm_func, pack_lhs, pack_rhs, plan_gemm
 from backends.tvm.schedules.tiling import target_lanes
 
 R = relax.op
@@ -143,9 +143,8 @@ def _pointwise_as_gemm(
     """Whether a dense conv runs as a flattened-pixel GEMM (see :func:`_emit_pointwise_conv`).
 
     Only 1x1 stride-1 unpadded convs whose rows do not fill two-vector register tiles (the
-    direct kernel tiles one output row at a time) on feature maps big enough for full GEMM
-    tiles; measured on AVX2 (EfficientNet-Lite0), smaller maps and 16-aligned rows are
-    faster in the direct kernel.
+    direct kernel tiles one output row at a time); measured on AVX2 (EfficientNet-Lite0),
+    rows that are a multiple of two vectors are as fast in the direct kernel.
     """
     lanes = target_lanes().lanes
     return (
@@ -153,7 +152,6 @@ def _pointwise_as_gemm(
         and all(int(v) == 1 for v in strides)
         and not any(int(v) for v in pads)
         and int(shape[3]) % (2 * lanes) != 0
-        and int(shape[2]) * int(shape[3]) >= 64 * lanes
     )
 
 
@@ -168,13 +166,16 @@ def _emit_pointwise_conv(
 ) -> relax.Expr:
     """A 1x1 stride-1 unpadded conv as a GEMM ``W[Co, C] @ X[n][C, H*W]`` (packed ``W``, bias per row).
 
-    Flattening ``H*W`` into the column axis keeps register tiles full on small feature maps. The
-    tile loop order re-reads the smaller operand: row (weight) tiles outside when the weights are
-    bigger than one image's activations, column (pixel) tiles outside otherwise.
+    Flattening ``H*W`` into the column axis keeps register tiles full on small feature maps.
+    Pixel tiles are the outer (parallel) loop: each ``C x nb`` pixel panel is reused by all
+    weight row tiles.
     """
     n, c, h, wd = shape
     co, hw = int(w.shape[0]), h * wd
-    plan = plan_gemm(n, co, c, hw, target_lanes())
+    cfg = target_lanes()
+    # two-vector column tiles and as many rows as fit: measured faster than pick_tile's wider,
+    # shorter tiles here (the pixel rows of X are strided by H*W, one cache line per channel)
+    plan = GemmPlan(n, co, c, hw, mr=min(6, (cfg.registers - 3) // 2), nb=2 * cfg.lanes)
     func = gemm_func(
         plan,
         "float32",
@@ -183,7 +184,7 @@ def _emit_pointwise_conv(
         bias="row" if bias is not None else "",
         activation=activation,
         activation_params=activation_params,
-        rows_outer=co * c > c * hw,
+        rows_outer=False,
     )
     args = [relax.const(pack_lhs(w.reshape(co, c), plan.mr)), ctx.emit(R.reshape(x, [n, c, hw]))]
     if bias is not None:
