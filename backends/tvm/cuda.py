@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cuda import pipeline as cuda_generic
 from tvm.s_tir import dlight as dl
 
-from backends.base import Backend, BuildOptions, Executable
+from backends.base import Backend, BuildOptions, Executable, median_ms
 from backends.tvm.relax_emitter import emit_relax
+from backends.tvm.schedule import map_unscheduled
 from backends.tvm.signature import InputSignature, check_inputs, input_signatures
 from compiler.errors import BackendError
 
@@ -72,16 +72,7 @@ def gpu_schedule(target: tvm.target.Target, rules: Sequence[dl.ScheduleRule] | N
 
     @tvm.transform.module_pass(opt_level=0, name="CaccGPUSchedule")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {}
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
-            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
-                continue
-            updates[gvar] = _schedule_one(func, target, chosen)
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
+        return map_unscheduled(mod, lambda func: _schedule_one(func, target, chosen))
 
     return _pass
 
@@ -262,16 +253,7 @@ class CudaExecutable(Executable):
     def benchmark(self, feeds: Mapping[str, np.ndarray], *, repeat: int = 20, warmup: int = 3) -> float:
         """Median milliseconds of one run with inputs already on the GPU (synchronised after each run)."""
         args = self._args(feeds)
-        for _ in range(max(warmup, 1)):
-            self._call(args)
-        self.device.sync()
-        times = []
-        for _ in range(max(repeat, 1)):
-            t0 = time.perf_counter()
-            self._call(args)
-            self.device.sync()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return float(statistics.median(times))
+        return median_ms(lambda: (self._call(args), self.device.sync()), repeat=repeat, warmup=warmup)
 
 
 class CudaBackend(Backend):

@@ -8,7 +8,6 @@ a VM executable.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-from backends.base import Executable
+from backends.base import Executable, median_ms
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.schedule import safe_default_schedule
 from backends.tvm.signature import InputSignature, check_inputs, input_signatures
@@ -134,19 +133,11 @@ class TVMExecutable(Executable):
             return [out.numpy()]  # type: ignore[attr-defined]
         return [o.numpy() for o in out]  # type: ignore[attr-defined]
 
-    def benchmark(self, feeds: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> float:
+    def benchmark(self, feeds: Mapping[str, np.ndarray], *, repeat: int = 20, warmup: int = 3) -> float:
         """Median wall time of one run in milliseconds (inputs already on the device)."""
         set_num_threads(self.num_threads)
         args = self._args(feeds)
-        for _ in range(warmup):
-            self._call(args)
-        times = []
-        for _ in range(max(repeat, 1)):
-            t0 = time.perf_counter()
-            self._call(args)
-            self.device.sync()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return float(statistics.median(times))
+        return median_ms(lambda: (self._call(args), self.device.sync()), repeat=repeat, warmup=warmup)
 
 
 def build(

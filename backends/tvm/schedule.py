@@ -7,7 +7,7 @@ on a full reduction — leaves the function unscheduled instead of failing the b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tvm
 from tvm import s_tir, tirx
@@ -85,27 +85,34 @@ def _try_rules(func: tirx.PrimFunc, target: Target, rules: Sequence[dl.ScheduleR
     return None
 
 
+def map_unscheduled(mod: tvm.IRModule, fn: Callable[[tirx.PrimFunc], tirx.PrimFunc | None]) -> tvm.IRModule:
+    """Replace every PrimFunc not yet marked ``tirx.is_scheduled`` by ``fn(func)`` (kept when ``None``)."""
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+            continue
+        scheduled = fn(func)
+        if scheduled is not None:
+            updates[gvar] = scheduled
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    return mod
+
+
 def safe_default_schedule(target: Target, rules: Sequence[dl.ScheduleRule] | None = None) -> tvm.transform.Pass:
     """A module pass applying ``rules`` (default: :func:`default_cpu_rules`) to unscheduled PrimFuncs."""
     chosen = list(rules) if rules is not None else default_cpu_rules()
 
+    def _schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+        if func.attrs is not None and KERNEL_ATTR in func.attrs:
+            lanes = target_lanes(target).lanes
+            return schedule_tiled(func, lanes).mod["main"].with_attr("tirx.is_scheduled", True)
+        return _try_rules(func, target, chosen)
+
     @tvm.transform.module_pass(opt_level=0, name="CaccSafeDefaultSchedule")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {}
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
-            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
-                continue
-            if func.attrs is not None and KERNEL_ATTR in func.attrs:
-                lanes = target_lanes(target).lanes
-                updates[gvar] = schedule_tiled(func, lanes).mod["main"].with_attr("tirx.is_scheduled", True)
-                continue
-            scheduled = _try_rules(func, target, chosen)
-            if scheduled is not None:
-                updates[gvar] = scheduled
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
+        return map_unscheduled(mod, _schedule)
 
     return _pass
