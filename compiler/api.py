@@ -14,12 +14,14 @@ import onnx_ir as ir
 from backends import BuildOptions, Executable, get_backend
 from compiler.compiled_model import CompiledModel
 from compiler.config import CompileConfig
-from compiler.errors import BackendError, CompilerError
+from compiler.errors import BackendError, CompilerError, InputSignatureError
 from compiler.frontends import import_model, is_torch_module
+from compiler.ir.interpreter import check_feeds
 from compiler.ir.interpreter import run as run_reference
 from compiler.ir.printer import op_histogram, parameter_count
 from compiler.report import Report
-from passes.manager import PassManager
+from passes.base import PassContext
+from passes.manager import PassManager, expand_pipeline
 
 
 def _model_name(model: Any) -> str:
@@ -54,6 +56,40 @@ def synthesize_inputs(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
             feeds[v.name or ""] = np.ones(shape, dtype=dtype)
         else:
             feeds[v.name or ""] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def calibration_feeds(model: ir.Model, calibration: Any) -> list[dict[str, np.ndarray]]:
+    """Normalize a calibration set to one feeds dict per sample.
+
+    A sample is a tuple/list of arrays or tensors in input order (like ``example_inputs``), a single
+    array/tensor for a one-input model, or a dict by input name. Each is checked against the model's
+    signature; :class:`InputSignatureError` names the first bad sample.
+    """
+    if calibration is None:
+        return []
+    if isinstance(calibration, (np.ndarray, dict)) or type(calibration).__module__.startswith("torch"):
+        raise InputSignatureError(
+            "calibration must be a sequence of samples (e.g. a list of input tuples), not a single "
+            f"{type(calibration).__name__}"
+        )
+    names = [v.name or "" for v in model.graph.inputs]
+    feeds: list[dict[str, np.ndarray]] = []
+    for i, sample in enumerate(calibration):
+        if isinstance(sample, dict):
+            arrays = dict(zip(sample, _example_arrays(tuple(sample.values())) or []))
+        else:
+            items = _example_arrays(sample) or []
+            if len(items) != len(names):
+                raise InputSignatureError(
+                    f"calibration sample {i} has {len(items)} input(s); "
+                    f"the model takes {len(names)} ({', '.join(names)})"
+                )
+            arrays = dict(zip(names, items))
+        try:
+            feeds.append(check_feeds(model.graph, arrays))
+        except InputSignatureError as exc:
+            raise InputSignatureError(f"calibration sample {i}: {exc}") from exc
     return feeds
 
 
@@ -115,6 +151,8 @@ def compile(
     tune_minutes: float | None = None,
     tuning_db: str | os.PathLike[str] | None = None,
     use_tuning_records: bool = True,
+    calibration: Any = None,
+    pass_options: dict[str, dict[str, Any]] | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a :class:`CompiledModel`.
 
@@ -126,6 +164,12 @@ def compile(
     ``tune_trials`` / ``tune_minutes`` auto-tune the kernels (TVM targets) within that budget, recording
     into ``tuning_db`` (a directory; default: the user cache dir); existing records (that directory plus the
     records shipped in ``models/tuning``) are reused unless ``use_tuning_records=False``.
+
+    Compression: ``passes`` made only of compression passes (e.g. ``["quantize_int8"]``) run inside the
+    default pipeline, after cleanup and before fusion (see :func:`passes.manager.expand_pipeline`).
+    ``calibration`` is a sequence of input samples (tuples like ``example_inputs``, or dicts by input
+    name) for passes that calibrate; ``pass_options`` maps a pass name to its options, e.g.
+    ``{"quantize_int8": {"method": "percentile"}}``.
     """
     start = time.perf_counter()
     config = CompileConfig(
@@ -138,9 +182,10 @@ def compile(
         tune_minutes=tune_minutes,
         tuning_db=os.fspath(tuning_db) if tuning_db is not None else None,
         use_tuning_records=use_tuning_records,
+        pass_options={k: dict(v) for k, v in (pass_options or {}).items()},
     )
     if passes is not None:
-        config.passes = list(passes)
+        config.passes = expand_pipeline(list(passes), config.passes)
     get_backend(target)  # an unknown target fails before any expensive work
     module = model
     model_ir = import_model(model, example_inputs, dynamic_batch=dynamic_batch, input_names=input_names)
@@ -159,7 +204,11 @@ def compile(
         reference = [result[v.name or ""] for v in model_ir.graph.outputs]
         error_reference = "reference interpreter on the input model"
 
-    pipeline = PassManager(config.passes, debug=debug, reference_inputs=feeds if debug else None).run(model_ir)
+    context = PassContext(
+        options=config.pass_options, calibration=calibration_feeds(model_ir, calibration), target=target
+    )
+    manager = PassManager(config.passes, debug=debug, reference_inputs=feeds if debug else None, context=context)
+    pipeline = manager.run(model_ir)
     model_ir = pipeline.model
     executable, build_seconds = build_for_target(model_ir, config)
     outputs = executable.run(feeds)
@@ -175,6 +224,7 @@ def compile(
         nodes_after=len(model_ir.graph),
         op_counts=dict(op_histogram(model_ir)),
         passes=list(pipeline.records),
+        layers=list(pipeline.layers),
         max_abs_error=_max_abs_error(reference, outputs),
         error_reference=error_reference,
         num_threads=config.num_threads,

@@ -12,16 +12,16 @@ from typing import Any
 from compiler.errors import CompilerError
 
 
-def _resolve(model: str) -> tuple[Any, Any]:
-    """(model, example_inputs) for a path to an ONNX file or the name of a shipped model."""
+def _resolve(model: str) -> tuple[Any, Any, Any]:
+    """(model, example_inputs, calibration samples or None) for an ONNX file or a shipped model's name."""
     path = Path(model)
     if path.suffix == ".onnx" or path.exists():
-        return str(path), None
+        return str(path), None, None
     import models
 
     if model in models.available():
         spec = models.get(model)
-        return spec.module, spec.example_inputs
+        return spec.module, spec.example_inputs, spec.calibration_data
     raise CompilerError(f"'{model}' is neither an ONNX file nor a shipped model ({', '.join(models.available())})")
 
 
@@ -31,10 +31,53 @@ def _passes(arg: str | None) -> list[str] | None:
     return [p for p in (s.strip() for s in arg.split(",")) if p]
 
 
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare word: a string
+
+
+def _pass_options(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """``["quantize_int8.method=mse", "quantize_int8.skip=[\"/fc\"]"]`` -> ``{"quantize_int8": {...}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        pass_name, dot, option = key.partition(".")
+        if not sep or not dot or not pass_name or not option:
+            raise CompilerError(f"--option '{item}' is not PASS.KEY=VALUE (VALUE is JSON or a bare word)")
+        options.setdefault(pass_name, {})[option] = _option_value(value)
+    return options
+
+
+def _calibration(args: argparse.Namespace, shipped: Any) -> Any:
+    """Calibration samples: an .npz file (one array per input, samples along axis 0) or the shipped model's."""
+    source = getattr(args, "calibration", None)
+    if source is None:
+        return shipped
+    if source.endswith(".npz"):
+        import numpy as np
+
+        try:
+            with np.load(source, allow_pickle=False) as data:
+                arrays = [data[k] for k in data.files]
+        except (OSError, ValueError) as exc:
+            raise CompilerError(f"cannot read calibration file {source}: {exc}") from exc
+        if not arrays or any(len(a) != len(arrays[0]) for a in arrays):
+            raise CompilerError(f"calibration file {source}: needs arrays with the same number of samples (axis 0)")
+        return [tuple(a[i : i + 1] for a in arrays) for i in range(len(arrays[0]))]
+    if shipped is None:
+        raise CompilerError(f"--calibration {source}: expected an .npz file (this model ships no calibration set)")
+    try:
+        return shipped[: int(source)]
+    except ValueError as exc:
+        raise CompilerError(f"--calibration must be an .npz file or a sample count, got '{source}'") from exc
+
+
 def _compile(args: argparse.Namespace, target: str, measure: bool) -> Any:
     import compiler
 
-    model, example = _resolve(args.model)
+    model, example, shipped_calibration = _resolve(args.model)
     return compiler.compile(
         model,
         example,
@@ -47,6 +90,8 @@ def _compile(args: argparse.Namespace, target: str, measure: bool) -> Any:
         tune_trials=getattr(args, "tune_trials", 0),
         tune_minutes=getattr(args, "tune_minutes", None),
         tuning_db=getattr(args, "tuning_db", None),
+        calibration=_calibration(args, shipped_calibration),
+        pass_options=_pass_options(getattr(args, "option", None)),
     )
 
 
@@ -78,7 +123,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         _, model = read_compiled(args.model)
     else:
-        source, example = _resolve(args.model)
+        source, example, _ = _resolve(args.model)
         model = import_model(source, example)
     print(format_graph(model, max_nodes=args.max_nodes))
     count, nbytes = parameter_count(model)
@@ -124,7 +169,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from passes import available_passes
 
     for name, cls in available_passes().items():
-        print(f"{name:<24} {cls.description}")
+        print(f"{name:<24} {cls.stage:<12} {cls.description}")
     return 0
 
 
@@ -140,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--passes", help="comma-separated pass names (default: the standard pipeline)")
         p.add_argument("--num-threads", type=int, default=None, help="threads for the compiled model and ORT")
         p.add_argument("--debug", action="store_true", help="verify IR and check numerics after every pass")
+        p.add_argument(
+            "--option",
+            action="append",
+            metavar="PASS.KEY=VALUE",
+            help="a pass option (VALUE as JSON), e.g. quantize_int8.method=percentile; repeatable",
+        )
+        p.add_argument(
+            "--calibration",
+            help="calibration set: an .npz file (one array per input, samples on axis 0), or for a shipped "
+            "model the number of its calibration samples to use (default: all of them)",
+        )
 
     def tuning(p: argparse.ArgumentParser) -> None:
         p.add_argument("--tune-trials", type=int, default=0, help="auto-tune the kernels with N trials in all")

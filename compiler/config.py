@@ -30,6 +30,7 @@ class CompileConfig:
     tune_minutes: float | None = None  #: auto-tuning wall-time budget in minutes
     tuning_db: str | None = None  #: tuning database directory (None: the user cache dir, plus shipped records)
     use_tuning_records: bool = True  #: apply existing tuning records (False: default schedules only)
+    pass_options: dict[str, dict[str, Any]] = field(default_factory=dict)  #: options per pass name
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

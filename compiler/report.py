@@ -5,11 +5,38 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from passes.base import LayerRecord
 from passes.manager import PassRecord
 
 
 def _mb(nbytes: int) -> str:
     return f"{nbytes / 1e6:.2f} MB"
+
+
+def _bits(b: int | None) -> str:
+    return "fp32" if b is None else str(b)
+
+
+def _layer_table(layers: list[LayerRecord]) -> list[str]:
+    """Per-layer compression table: bits, size and (when diagnosed) each layer's error contribution."""
+    name_w = min(max(len(r.node) for r in layers), 48)
+    has_error = any(r.error is not None for r in layers)
+    lines = [f"  layers ({len(layers)}):"]
+    header = f"    {'layer'.ljust(name_w)}  {'op':<10} {'action':<20} {'w bits':>6} {'a bits':>6}  {'size':>17}"
+    lines.append(header + ("  error" if has_error else ""))
+    for r in layers:
+        name = r.node if len(r.node) <= name_w else "..." + r.node[-(name_w - 3) :]
+        size = f"{r.bytes_before / 1e3:.0f}->{r.bytes_after / 1e3:.0f} KB"
+        line = (
+            f"    {name.ljust(name_w)}  {r.op_type:<10} {r.action:<20} {_bits(r.weight_bits):>6} "
+            f"{_bits(r.activation_bits):>6}  {size:>17}"
+        )
+        if has_error:
+            line += f"  {r.error:.3g}" if r.error is not None else "  -"
+        if r.note:
+            line += f"  ({r.note})"
+        lines.append(line)
+    return lines
 
 
 @dataclass
@@ -26,6 +53,7 @@ class Report:
     nodes_after: int = 0
     op_counts: dict[str, int] = field(default_factory=dict)
     passes: list[PassRecord] = field(default_factory=list)
+    layers: list[LayerRecord] = field(default_factory=list)  #: compression decisions per layer
     max_abs_error: float | None = None
     error_reference: str = ""  #: what ``max_abs_error`` was measured against
     latency_ms: float | None = None
@@ -48,6 +76,7 @@ class Report:
         """Inverse of :meth:`to_dict`."""
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["passes"] = [PassRecord(**p) for p in fields.get("passes", [])]
+        fields["layers"] = [LayerRecord(**r) for r in fields.get("layers", [])]
         return cls(**fields)
 
     def __str__(self) -> str:
@@ -84,6 +113,8 @@ class Report:
                 if checked:
                     line += f"  {p.max_error:10.3g}" if p.max_error is not None else f"  {'-':>10}"
                 lines.append(line)
+        if self.layers:
+            lines += _layer_table(self.layers)
         if self.op_counts:
             ops = ", ".join(f"{k} {v}" for k, v in sorted(self.op_counts.items(), key=lambda kv: -kv[1]))
             lines.append(f"  ops: {ops}")

@@ -10,12 +10,14 @@ from passes import (
     identity_removal,
     shape_inference,
 )
-from passes.base import Pass, Property, available_passes, get_pass, register_pass
+from passes.base import LayerRecord, Pass, PassContext, Property, available_passes, get_pass, register_pass
 from passes.decompose import decompose_cacc_ops
-from passes.manager import PassManager, PassRecord, PipelineResult
+from passes.manager import PassManager, PassRecord, PipelineResult, expand_pipeline
 
 __all__ = [
+    "LayerRecord",
     "Pass",
+    "PassContext",
     "PassManager",
     "PassRecord",
     "PipelineResult",
@@ -26,6 +28,7 @@ __all__ = [
     "dead_code_elimination",
     "decompose",
     "decompose_cacc_ops",
+    "expand_pipeline",
     "fusion",
     "get_pass",
     "identity_removal",

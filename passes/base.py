@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
+import numpy as np
 import onnx_ir as ir
 
 from compiler.errors import PassError
+from passes._utils import Rejection
 
 
 class Property(str, Enum):
@@ -18,6 +23,42 @@ class Property(str, Enum):
     NO_DEAD_CODE = "no_dead_code"  #: every node contributes to an output
     NO_BATCHNORM = "no_batchnorm"  #: no BatchNormalization node follows a Conv/Gemm
     STANDARD_OPS_ONLY = "standard_ops_only"  #: only ONNX-domain ops (no cacc:: ops)
+
+
+#: Where a pass belongs in a pipeline; see :func:`passes.manager.expand_pipeline`.
+Stage = Literal["cleanup", "compression", "fusion", "lowering"]
+
+OptionsT = TypeVar("OptionsT")
+
+
+@dataclass
+class LayerRecord:
+    """What a compression pass decided for one layer (a weighted node), for the report."""
+
+    node: str  #: node name
+    op_type: str
+    pass_name: str
+    action: str  #: e.g. "int8 static", "int4 g128 gptq", "kept fp32"
+    weight_bits: int | None = None  #: None: weights left in float
+    activation_bits: int | None = None  #: None: activations left in float
+    bytes_before: int = 0  #: weight bytes before the pass
+    bytes_after: int = 0  #: weight bytes after (quantized data + scales + zero points)
+    error: float | None = None  #: output error when only this layer is compressed (diagnosis), if measured
+    note: str = ""  #: why a layer was kept in float, outliers kept, etc.
+
+
+@dataclass
+class PassContext:
+    """What a pipeline's passes share: user options per pass, calibration data, the target, and the
+    per-layer decisions compression passes record for the report.
+
+    ``calibration`` holds input feeds (``{input name: array}``), one dict per sample.
+    """
+
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
+    target: str | None = None
+    layers: list[LayerRecord] = field(default_factory=list)
 
 
 class Pass(ir.passes.InPlacePass):
@@ -39,6 +80,43 @@ class Pass(ir.passes.InPlacePass):
     guarantees: ClassVar[frozenset[Property]] = frozenset()
     invalidates: ClassVar[frozenset[Property]] = frozenset()
     numerics_tolerance: ClassVar[float | None] = 1e-5
+    stage: ClassVar[Stage] = "cleanup"
+
+    def __init__(self, context: PassContext | None = None) -> None:
+        super().__init__()
+        self.context = context if context is not None else PassContext()
+        #: (node, reason) for every rewrite that matched but was not applied, from the last run.
+        self.last_rejections: list[Rejection] = []
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """This pass's user options (``context.options[self.name]``)."""
+        return self.context.options.get(self.name, {})
+
+    def parse_options(self, options_type: type[OptionsT]) -> OptionsT:
+        """Build the dataclass ``options_type`` from :attr:`options`; :class:`PassError` naming
+        unknown keys or a value the dataclass rejects."""
+        known = {f.name for f in dataclasses.fields(options_type)}  # type: ignore[arg-type]
+        unknown = sorted(set(self.options) - known)
+        if unknown:
+            raise PassError(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", pass_name=self.name
+            )
+        try:
+            return options_type(**self.options)
+        except (TypeError, ValueError) as exc:
+            raise PassError(f"bad options {self.options}: {exc}", pass_name=self.name) from exc
+
+    def calibration_feeds(self, minimum: int = 1) -> Sequence[Mapping[str, np.ndarray]]:
+        """The calibration samples; :class:`PassError` if fewer than ``minimum`` were given."""
+        feeds = self.context.calibration
+        if len(feeds) < minimum:
+            raise PassError(
+                f"needs at least {minimum} calibration sample(s), got {len(feeds)}; "
+                "pass calibration=[...] to compile()",
+                pass_name=self.name,
+            )
+        return feeds
 
     def __repr__(self) -> str:
         return f"<pass {self.name}>"

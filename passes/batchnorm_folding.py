@@ -220,11 +220,6 @@ class FoldBatchNormPass(Pass):
     description = "fold inference BatchNormalization into the weights and bias of the Conv/Gemm/MatMul before it"
     guarantees = frozenset({Property.NO_BATCHNORM})
 
-    def __init__(self) -> None:
-        super().__init__()
-        #: (BN node, reason) for every BN after a Conv/Gemm/MatMul that stayed, from the last run.
-        self.last_rejections: list[Rejection] = []
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Fold in place; modified when any BN was folded."""
         self.last_rejections = []

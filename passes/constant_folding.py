@@ -70,11 +70,6 @@ class FoldConstantsPass(Pass):
     description = "evaluate nodes with only constant inputs (and Shape/Size of static shapes) into initializers"
     guarantees = frozenset({Property.CONSTANTS_FOLDED})
 
-    def __init__(self) -> None:
-        super().__init__()
-        #: (node, reason) for every constant node that was not folded in the last run.
-        self.last_rejections: list[Rejection] = []
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Fold in place; modified when any node was folded."""
         self.last_rejections = []

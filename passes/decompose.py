@@ -115,6 +115,7 @@ class DecomposeCaccOpsPass(Pass):
     name = "decompose_cacc_ops"
     description = "rewrite cacc::FusedConv / cacc::FusedMatMul into standard ONNX ops"
     guarantees = frozenset({Property.STANDARD_OPS_ONLY})
+    stage = "lowering"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Decompose in place; modified when any cacc op was replaced."""

@@ -155,11 +155,7 @@ class FuseBiasActivationPass(Pass):
     name = "fuse_bias_activation"
     description = "fuse Conv/MatMul/Gemm + bias Add + activation into cacc::FusedConv / cacc::FusedMatMul"
     invalidates = frozenset({Property.STANDARD_OPS_ONLY})
-
-    def __init__(self) -> None:
-        super().__init__()
-        #: (node, reason) for every pattern that matched but was not fused, from the last run.
-        self.last_rejections: list[Rejection] = []
+    stage = "fusion"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Fuse in place; modified when anything was fused (the cacc opset is imported then)."""

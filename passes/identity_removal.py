@@ -169,11 +169,6 @@ class RemoveIdentityPass(Pass):
     name = "remove_identity"
     description = "remove Identity, inference Dropout and no-op Cast/Reshape/Expand/Transpose/Add/Mul/Div/Slice"
 
-    def __init__(self) -> None:
-        super().__init__()
-        #: (node, reason) for ops that were no-ops but could not be removed, from the last run.
-        self.last_rejections: list[Rejection] = []
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Remove the no-ops in place; modified when any was removed."""
         self.last_rejections = []

@@ -15,7 +15,7 @@ from compiler.errors import CompilerError, NumericsError, PassError
 from compiler.ir.interpreter import run as run_reference
 from compiler.ir.printer import parameter_count
 from compiler.ir.verifier import verify
-from passes.base import Pass, Property, available_passes, get_pass
+from passes.base import LayerRecord, Pass, PassContext, Property, available_passes, get_pass
 
 
 @dataclass
@@ -38,6 +38,7 @@ class PipelineResult:
 
     model: ir.Model
     records: list[PassRecord] = field(default_factory=list)
+    layers: list[LayerRecord] = field(default_factory=list)  #: compression decisions per layer
 
     @property
     def applied(self) -> list[str]:
@@ -61,6 +62,21 @@ def _max_relative_error(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndar
     return abs_err, rel_err
 
 
+def expand_pipeline(names: Sequence[str], default: Sequence[str]) -> list[str]:
+    """The pipeline to run for a user's pass list.
+
+    A list made only of compression passes (``stage == "compression"``, e.g. ``["quantize_int8"]``) is
+    placed inside ``default``: after its cleanup passes and before its fusion passes, so the model
+    is cleaned before it is compressed and fused after. Any other list runs exactly as given.
+    """
+    classes = [get_pass(n) for n in names]
+    if not classes or any(c.stage != "compression" for c in classes):
+        return list(names)
+    default_stages = [get_pass(n).stage for n in default]
+    cut = next((i for i, st in enumerate(default_stages) if st not in ("cleanup",)), len(default))
+    return [*default[:cut], *names, *default[cut:]]
+
+
 class PassManager:
     """Runs a sequence of passes (instances or registered names).
 
@@ -68,6 +84,7 @@ class PassManager:
     ``reference_inputs`` are given, runs the reference interpreter after every pass that
     changed the model and raises :class:`NumericsError` naming the first pass whose
     output drifts from the original model's by more than its ``numerics_tolerance``.
+    ``context`` (options per pass name, calibration feeds, target) is shared by every pass.
     """
 
     def __init__(
@@ -77,8 +94,16 @@ class PassManager:
         debug: bool = False,
         reference_inputs: Mapping[str, np.ndarray] | None = None,
         initial_properties: Sequence[Property] = (),
+        context: PassContext | None = None,
     ) -> None:
-        self.passes: list[Pass] = [get_pass(p)() if isinstance(p, str) else p for p in passes]
+        self.context = context if context is not None else PassContext()
+        self.passes: list[Pass] = [get_pass(p)(self.context) if isinstance(p, str) else p for p in passes]
+        stray = sorted(set(self.context.options) - {p.name for p in self.passes})
+        if stray:
+            raise PassError(
+                f"options given for pass(es) not in the pipeline: {', '.join(stray)} "
+                f"(pipeline: {', '.join(p.name for p in self.passes)})"
+            )
         self.debug = debug
         self.reference_inputs = dict(reference_inputs) if reference_inputs is not None else None
         self.initial_properties = set(initial_properties)
@@ -138,6 +163,7 @@ class PassManager:
                 if pass_result.modified and reference is not None and self.reference_inputs is not None:
                     self._check_numerics(p, model, self.reference_inputs, reference, record)
         result.model = model
+        result.layers = list(self.context.layers)
         return result
 
     @staticmethod
