@@ -4,7 +4,8 @@ by initializers; also fold ``Shape``/``Size`` of values whose shape is fully sta
 One topological sweep reaches the fixed point: a folded node's outputs become initializers
 before any of its users is visited. Folding uses the reference kernels
 (``compiler.ir.ops.registry``), so the folded values are exactly what the interpreter computes.
-Nodes left without users are removed at the end.
+Nodes left without users are removed at the end. ``DequantizeLinear`` (and ORT's
+``MatMulNBits``) of constant weights is never folded: that would undo quantization.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from compiler.ir.ops.registry import attr, lookup
-from passes._utils import Namer, Rejection, add_initializer, is_constant, node_label, replace_value, static_shape
+from passes._utils import (
+    Namer,
+    Rejection,
+    add_initializer,
+    is_constant,
+    is_onnx_op,
+    node_label,
+    replace_value,
+    static_shape,
+)
 from passes.base import Pass, Property, register_pass
 
 #: Ops whose result differs from run to run: never folded.
@@ -106,6 +116,8 @@ class FoldConstantsPass(Pass):
             return None
         if not any(v.uses() or v.is_graph_output() for v in node.outputs):
             return None  # dead: removed below, nothing to compute
+        if is_onnx_op(node, "DequantizeLinear") or (node.domain == "com.microsoft" and node.op_type == "MatMulNBits"):
+            return None  # quantized weights stay quantized: folding would undo the compression
         if node.op_type in NON_DETERMINISTIC:
             self._reject(node, f"{node.op_type} is not deterministic")
             return None
