@@ -1,4 +1,5 @@
-"""Side-by-side benchmark of the shipped models: torch, ONNX Runtime (fp32, int8), plain TVM, cacc.
+"""Side-by-side benchmark of the shipped models: torch, ONNX Runtime (fp32, int8), plain TVM, cacc
+(fp32 untuned and tuned; int8 and int4, as exported ONNX run by ORT and compiled for x86).
 
     python tools/benchmark.py [--models fmnist_cnn ...] [--threads 2] [--repeat 20] [--limit 200] [--out DIR]
 
@@ -45,7 +46,24 @@ ENGINES = (
     "TVM untuned",
     "cacc x86",
     "cacc x86 tuned",
+    "cacc int8 ONNX->ORT",
+    "cacc x86 int8",
+    "cacc int4 ONNX->ORT",
+    "cacc x86 int4",
 )
+#: Quantization recipes of the cacc rows: (passes, pass options), per model where a model needs its own.
+QUANT_RECIPES: dict[str, dict[str, tuple[list[str], dict[str, dict[str, Any]]]]] = {
+    "int8": {"default": (["quantize_int8"], {})},
+    "int4": {"default": (["quantize_weight_only"], {"quantize_weight_only": {"method": "gptq"}})},
+}
+
+
+def quant_recipe(kind: str, model: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The passes and options of the ``kind`` ("int8" / "int4") rows for ``model``."""
+    recipes = QUANT_RECIPES[kind]
+    return recipes.get(model, recipes["default"])
+
+
 #: Reference engine for the ratio column.
 BASELINE = "ORT fp32"
 
@@ -277,21 +295,33 @@ def _builders(spec: Any, onnx_path: Path, work: Path, s: Settings) -> dict[str, 
         exe = build(model, host_target(s.threads), num_threads=s.threads, schedule=False)
         return _executable_engine(exe, names, example, parameter_count(model)[1])
 
-    def cacc(extra: dict[str, Any]) -> Engine:
+    def compiled(target: str, extra: dict[str, Any]) -> Any:
         import compiler
-        from compiler.ir.printer import parameter_count
 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            cm = compiler.compile(
+            return compiler.compile(
                 spec.module,
                 spec.example_inputs,
-                target="x86",
+                target=target,
                 num_threads=s.threads,
                 measure=False,
                 input_names=names,
                 **extra,
             )
+
+    def cacc(extra: dict[str, Any]) -> Engine:
+        from compiler.ir.printer import parameter_count
+
+        cm = compiled("x86", extra)
         return _executable_engine(cm.executable, names, example, parameter_count(cm.ir)[1])
+
+    def quantized(kind: str) -> dict[str, Any]:
+        passes, options = quant_recipe(kind, spec.name)
+        return {"passes": passes, "pass_options": options, "calibration": calib}
+
+    def cacc_onnx(kind: str) -> Engine:
+        cm = compiled("onnx", quantized(kind))
+        return _ort_engine(cm.export_onnx(work / f"{spec.name}.cacc-{kind}.onnx"), names, example, s.threads)
 
     calib = list(spec.calibration_data)[: s.calib]
     return {
@@ -304,6 +334,10 @@ def _builders(spec: Any, onnx_path: Path, work: Path, s: Settings) -> dict[str, 
         "TVM untuned": tvm_untuned,
         "cacc x86": lambda: cacc({"use_tuning_records": False}),
         "cacc x86 tuned": lambda: cacc(_tuned_kwargs(spec.name, s.tuning_db)),
+        "cacc int8 ONNX->ORT": lambda: cacc_onnx("int8"),
+        "cacc x86 int8": lambda: cacc(quantized("int8")),
+        "cacc int4 ONNX->ORT": lambda: cacc_onnx("int4"),
+        "cacc x86 int4": lambda: cacc(quantized("int4")),
     }
 
 
