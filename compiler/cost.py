@@ -36,6 +36,9 @@ from compiler.ir.ops.registry import attr
 
 LayerKind = Literal["gemm", "conv", "depthwise"]
 
+#: How :func:`integer_kernel_pays_off`'s reasons for keeping a layer in float start (the report counts them).
+COST_NOTE = "cost model"
+
 #: int8 x int8 -> int32 GEMM throughput of cacc's TVM kernels on this machine's AVX2 (no VNNI), 2 threads.
 #: PLACEHOLDER (not measured yet): vpmaddubsw + vpmaddwd do 2x the multiply-adds of an fp32 FMA per
 #: instruction; 1.5x the measured fp32 GEMM is assumed. Update from the TVM int8 kernel's measurement.
@@ -336,7 +339,7 @@ def integer_kernel_pays_off(
         why = "quantize/dequantize overhead dominates a small layer"
     else:
         why = "the integer kernel is not faster"
-    return False, f"kept fp32: {why} ({est})"
+    return False, f"{COST_NOTE}: {why} ({est})"
 
 
 # --- learned correction ----------------------------------------------------------------------

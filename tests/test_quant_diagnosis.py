@@ -171,3 +171,49 @@ def test_conv_layers() -> None:
     errs4 = layer_errors(model, layers, rtn(4), feeds)
     errs8 = layer_errors(model, layers, rtn(8), feeds)
     assert all(0 < e8 < e4 for e4, e8 in zip(errs4, errs8))  # int8 is closer than int4 on every layer
+
+
+def test_report_summarizes_guard_cost_model_and_diagnosis() -> None:
+    from compiler.cost import LayerShape, integer_kernel_pays_off
+    from compiler.report import Report
+    from passes.base import LayerRecord
+    from passes.quant.diagnosis import GuardResult
+
+    guard = GuardResult([], error=0.008, full_error=0.031, tolerance=0.01)
+    ok, reason = integer_kernel_pays_off(LayerShape.conv(1, 32, 32, (112, 112), (3, 3), groups=32), "x86")
+    assert not ok
+    records = [
+        LayerRecord("a", "MatMul", "quantize_int8", "int8 static", 8, 8, 400, 100, error=0.002),
+        LayerRecord("b", "MatMul", "quantize_int8", "kept fp32", bytes_before=400, error=0.02, note=guard.note),
+        LayerRecord("dw", "Conv", "quantize_int8", "kept fp32", bytes_before=40, note=reason),
+    ]
+    text = str(Report(model="m", target="x86", layers=records))
+    assert "accuracy guard kept 1 layer(s) in fp32 (model error 0.008 <= 0.01, all quantized 0.031)" in text
+    assert "cost model kept 1 layer(s) in fp32" in text
+    assert "largest single-layer error: b 0.02" in text
+    assert "depthwise conv: no integer dot-product speedup" in text  # the layer's own note
+
+
+@pytest.mark.models
+def test_guard_reaches_a_tolerance_full_int4_quantization_misses_on_fmnist(real_onnx: Callable) -> None:
+    import onnx
+
+    import models
+
+    spec = models.get("fmnist_cnn")
+    path, _ = real_onnx("fmnist_cnn")
+    model = ir.serde.deserialize_model(onnx.load(str(path)))
+    layers = find_layers(model)
+    names = [v.name or "" for v in model.graph.inputs]
+    calib = [dict(zip(names, s)) for s in spec.calibration_data[:4]]
+    held_out = [dict(zip(names, s)) for s in spec.calibration_data[32:48]]
+    tolerance = 0.05  # 5 % relative logit error
+    result = accuracy_guard(model, layers, rtn(4), calib, tolerance)
+    assert result.full_error > tolerance  # int4 RTN of every layer misses it
+    assert result.within_tolerance and 0 < len(result.kept) < len(layers)
+    # The layers kept are the worst ones, and the choice carries over to samples the guard did not see.
+    worst = sorted(zip(result.layer_errors, [ly.name for ly in layers]), reverse=True)[: len(result.kept)]
+    assert sorted(result.kept_names) == sorted(name for _, name in worst)
+    held = FloatReference(model, held_out)
+    guarded = held.error(quantized_copy(model, [ly for ly in layers if ly not in result.kept], rtn(4)))
+    assert guarded < held.error(quantized_copy(model, layers, rtn(4)))

@@ -28,6 +28,12 @@ from compiler.ir.interpreter import check_feeds, run
 from compiler.ir.ops.registry import lookup
 from passes.quant.layers import QuantLayer
 
+#: How the notes of layers the accuracy guard kept in float start (the report counts them).
+GUARD_NOTE = "accuracy guard"
+
+#: Samples a pass uses for diagnosis by default: enough to rank layers, few enough to be quick.
+DIAGNOSIS_SAMPLES = 4
+
 #: Rewrites one layer of the given model in place (the layer belongs to that model).
 QuantizeOne = Callable[[ir.Model, QuantLayer], None]
 
@@ -214,13 +220,18 @@ class GuardResult:
         """Names of the layers kept in float."""
         return [layer.name for layer in self.kept]
 
-    def summary(self) -> str:
-        """One line for the report."""
+    @property
+    def note(self) -> str:
+        """The note of each kept layer's record: ``accuracy guard (model error E <= T, all quantized F)``."""
+        op = "<=" if self.within_tolerance else ">"
         return (
-            f"accuracy guard: kept {len(self.kept)} layer(s) in fp32, output error {self.error:.3g} "
-            f"{'<=' if self.within_tolerance else '>'} tolerance {self.tolerance:.3g} "
-            f"(all quantized: {self.full_error:.3g})"
+            f"{GUARD_NOTE} (model error {self.error:.3g} {op} {self.tolerance:.3g}, "
+            f"all quantized {self.full_error:.3g})"
         )
+
+    def summary(self) -> str:
+        """One line: how many layers were kept and the errors."""
+        return f"{GUARD_NOTE} kept {len(self.kept)} layer(s) in fp32 " + self.note[len(GUARD_NOTE) + 1 :]
 
 
 def accuracy_guard(
