@@ -78,17 +78,20 @@ TARGETS: dict[str, TargetCosts] = {
     ),
     "onnx": TargetCosts(
         "onnx",
-        fp32_gflops=110.0,  # estimate: ORT's MLAS SGEMM is somewhat faster than cacc's GEMM here
-        int8_gops=170.0,  # estimate: MLAS U8S8 AVX2 kernels ~1.5x SGEMM
-        depthwise_fp32_gflops=12.0,
-        depthwise_int8_gops=8.0,
+        # Measured (ORT 1.32 CPU, 2 threads, this machine under load, medians): MatMul 128x384x384 and
+        # 128x1536x384 fp32 77 GFLOP/s, QDQ int8 148-173 GOP/s; 3x3 / 5x5 depthwise Conv fp32 14-33 GFLOP/s,
+        # int8 2.6 GOP/s (5-12x slower than fp32); 2x8x4 MatMul int8 1.3x slower than fp32.
+        fp32_gflops=77.0,
+        int8_gops=155.0,
+        depthwise_fp32_gflops=20.0,
+        depthwise_int8_gops=3.0,
         bandwidth_gbs=10.0,
         call_overhead_s=3e-6,
-        unpack_gelems=16.0,  # in-register shifts and converts, 8 lanes
-        epilogue_gelems=16.0,  # in-register int32 -> fp32 multiply-add, 8 lanes
+        unpack_gelems=16.0,
+        epilogue_gelems=16.0,
         tile_fp32=(6, 16, 1),
         tile_int8=(4, 16, 4),
-        source="ONNX Runtime CPU on this machine; estimates",
+        source="ONNX Runtime CPU on this machine: GEMM and depthwise throughputs measured",
     ),
     "arm": TargetCosts(
         "arm",
