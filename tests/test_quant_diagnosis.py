@@ -13,8 +13,16 @@ from onnx import helper
 import passes.quant.diagnosis as diagnosis
 from compiler.errors import PassError
 from compiler.ir.interpreter import run
+from compiler.ir.shapes import infer_shapes
 from passes.quant import QuantLayer, find_layers, quantize_weight, quantize_weight_in_place
-from passes.quant.diagnosis import FloatReference, accuracy_guard, layer_errors, quantized_copy, relative_error
+from passes.quant.diagnosis import (
+    FloatReference,
+    accuracy_guard,
+    layer_errors,
+    plan_quantization,
+    quantized_copy,
+    relative_error,
+)
 from tests.helpers import make_model, tensor, to_ir
 
 
@@ -171,6 +179,39 @@ def test_conv_layers() -> None:
     errs4 = layer_errors(model, layers, rtn(4), feeds)
     errs8 = layer_errors(model, layers, rtn(8), feeds)
     assert all(0 < e8 < e4 for e4, e8 in zip(errs4, errs8))  # int8 is closer than int4 on every layer
+
+
+def test_plan_quantization_combines_cost_check_diagnosis_and_guard() -> None:
+    rng = np.random.default_rng(5)
+    inits: list[np.ndarray | tuple[str, np.ndarray]] = [
+        ("w_dw", rng.standard_normal((256, 1, 3, 3)).astype(np.float32)),
+        ("w_pw", rng.standard_normal((256, 256, 1, 1)).astype(np.float32) / 16),
+        ("w_pw2", rng.standard_normal((256, 256, 1, 1)).astype(np.float32) / 16),
+    ]
+    inits[2][1][:, 0] = 30.0  # a dead input unit (w_pw[0] = 0) with outlier weights: large int4 error
+    inits[1][1][0] = 0.0
+    nodes = [
+        helper.make_node("Conv", ["x", "w_dw"], ["a"], name="dw", group=256, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "w_pw"], ["b"], name="pw"),
+        helper.make_node("Relu", ["b"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w_pw2"], ["y"], name="pw2"),
+    ]
+    model = to_ir(make_model(nodes, [tensor("x", [1, 256, 14, 14])], [tensor("y", [1, 256, 14, 14])], inits))
+    infer_shapes(model)
+    feeds = [{"x": rng.standard_normal((1, 256, 14, 14)).astype(np.float32)} for _ in range(6)]
+    layers = find_layers(model)
+    plain = plan_quantization(model, layers, rtn(4), feeds, target="x86")
+    assert [ly.name for ly in plain.quantize] == ["pw", "pw2"]
+    assert [(ly.name, note.split(":")[0]) for ly, note in plain.kept] == [("dw", "cost model")]
+    assert plain.errors == {} and plain.guard is None
+    assert len(plan_quantization(model, layers, rtn(4), feeds, target="reference").quantize) == 3
+    diagnosed = plan_quantization(model, layers, rtn(4), feeds, target="x86", diagnose=True, samples=2)
+    assert sorted(diagnosed.errors) == ["pw", "pw2"] and diagnosed.errors["pw2"] > diagnosed.errors["pw"] > 0
+    guarded = plan_quantization(model, layers, rtn(4), feeds, target="x86", tolerance=diagnosed.errors["pw2"] / 2)
+    assert [ly.name for ly in guarded.quantize] == ["pw"]
+    assert [ly.name for ly, _ in guarded.kept] == ["dw", "pw2"]
+    assert guarded.guard is not None and guarded.kept[1][1] == guarded.guard.note
+    assert guarded.guard.error <= guarded.guard.tolerance < guarded.guard.full_error
 
 
 def test_report_summarizes_guard_cost_model_and_diagnosis() -> None:

@@ -286,3 +286,64 @@ def accuracy_guard(
         layer_errors=per_layer,
         evaluations=sum(1 for k in measured if k < len(layers)),
     )
+
+
+@dataclass
+class QuantPlan:
+    """Which layers a quantization pass should quantize, which it keeps in float and why, and the
+    diagnosed error of each (by layer name; empty unless diagnosis or the guard ran)."""
+
+    quantize: list[QuantLayer]
+    kept: list[tuple[QuantLayer, str]]  #: (layer, note for its LayerRecord)
+    errors: dict[str, float] = field(default_factory=dict)
+    guard: GuardResult | None = None
+
+
+def plan_quantization(
+    model: ir.Model,
+    layers: Sequence[QuantLayer],
+    quantize_one: QuantizeOne,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    target: str | None = None,
+    weight_bits: int = 8,
+    activation_bits: int | None = 8,
+    cost_check: bool = True,
+    diagnose: bool = False,
+    tolerance: float | None = None,
+    samples: int = DIAGNOSIS_SAMPLES,
+) -> QuantPlan:
+    """The decisions a quantization pass takes before rewriting: (1) with ``cost_check``, layers whose
+    integer kernel is not estimated faster on ``target`` stay in float
+    (:func:`compiler.cost.integer_kernel_pays_off`); (2) with ``diagnose`` or a ``tolerance``, every
+    remaining layer's :func:`layer_errors` on the first ``samples`` of ``feeds``; (3) with a
+    ``tolerance``, :func:`accuracy_guard` keeps the worst layers in float. ``model`` is not changed."""
+    from compiler.cost import integer_kernel_pays_off
+
+    quantize: list[QuantLayer] = []
+    kept: list[tuple[QuantLayer, str]] = []
+    for layer in layers:
+        ok, reason = (
+            integer_kernel_pays_off(layer, target, weight_bits=weight_bits, activation_bits=activation_bits)
+            if cost_check
+            else (True, "")
+        )
+        if ok:
+            quantize.append(layer)
+        else:
+            kept.append((layer, reason))
+    plan = QuantPlan(quantize, kept)
+    if not (diagnose or tolerance is not None) or not quantize:
+        return plan
+    if samples < 1:
+        raise PassError(f"diagnosis needs at least 1 sample, got {samples}")
+    feeds = list(feeds)[:samples]
+    ref = FloatReference(model, feeds)
+    errors = layer_errors(model, quantize, quantize_one, feeds, reference=ref)
+    plan.errors = {layer.name: e for layer, e in zip(quantize, errors)}
+    if tolerance is not None:
+        plan.guard = accuracy_guard(model, quantize, quantize_one, feeds, tolerance, errors=errors, reference=ref)
+        guarded = {id(layer) for layer in plan.guard.kept}
+        plan.quantize = [layer for layer in quantize if id(layer) not in guarded]
+        plan.kept += [(layer, plan.guard.note) for layer in plan.guard.kept]
+    return plan
