@@ -36,6 +36,23 @@ def _layer_table(layers: list[LayerRecord]) -> list[str]:
         if r.note:
             line += f"  ({r.note})"
         lines.append(line)
+    return lines + _layer_summary(layers)
+
+
+def _layer_summary(layers: list[LayerRecord]) -> list[str]:
+    """Lines on why layers stayed in float (accuracy guard, cost model) and the worst diagnosed layer."""
+    lines = []
+    guarded = [r for r in layers if r.note.startswith("accuracy guard")]  # passes.quant.diagnosis.GUARD_NOTE
+    if guarded:
+        detail = guarded[0].note[len("accuracy guard") :].strip()
+        lines.append(f"    accuracy guard kept {len(guarded)} layer(s) in fp32 {detail}")
+    costly = [r for r in layers if r.note.startswith("cost model")]  # compiler.cost.COST_NOTE
+    if costly:
+        lines.append(f"    cost model kept {len(costly)} layer(s) in fp32 (integer kernel estimated not faster)")
+    diagnosed = [r for r in layers if r.error is not None]
+    if diagnosed:
+        worst = max(diagnosed, key=lambda r: r.error or 0.0)
+        lines.append(f"    largest single-layer error: {worst.node} {worst.error:.3g} (relative output error)")
     return lines
 
 

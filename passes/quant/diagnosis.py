@@ -1,0 +1,349 @@
+"""Quantization diagnosis: each layer's contribution to the output error, and the accuracy guard.
+
+Both are generic over *how* a layer is quantized: a ``quantize_one(model, layer)`` callable
+rewrites one :class:`~passes.quant.layers.QuantLayer` of ``model`` in place (RTN weights, static
+int8, GPTQ, ...). The functions here only ever call it on copies of the model.
+
+Error metric (:func:`relative_error`): for every floating-point graph output ``y``, over all
+samples, ``||y_q - y_f||_2 / ||y_f||_2`` (the norms taken over every element of every sample);
+the model's error is the largest over its outputs. ``0.01`` thus means "outputs move by 1 % of
+their magnitude". The float outputs are the reference interpreter's.
+
+Speed: the float model runs once per sample (:class:`FloatReference`) and every intermediate
+value is cached; a quantized copy then recomputes only the nodes that differ from the float
+model or depend on a value that does, so quantizing a layer late in the graph costs only the
+rest of the graph. A few samples (2-4) are enough to rank layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from compiler.errors import InterpreterError, PassError
+from compiler.ir.interpreter import check_feeds, run
+from compiler.ir.ops.registry import lookup
+from passes.quant.layers import QuantLayer
+
+#: How the notes of layers the accuracy guard kept in float start (the report counts them).
+GUARD_NOTE = "accuracy guard"
+
+#: Samples a pass uses for diagnosis by default: enough to rank layers, few enough to be quick.
+DIAGNOSIS_SAMPLES = 4
+
+#: Rewrites one layer of the given model in place (the layer belongs to that model).
+QuantizeOne = Callable[[ir.Model, QuantLayer], None]
+
+
+def _node_key(node: ir.Node) -> tuple[object, ...]:
+    """What makes two nodes compute the same thing from same-named inputs."""
+    attrs = tuple(sorted((name, repr(a.value)) for name, a in node.attributes.items()))
+    inputs = tuple(v.name if v is not None else None for v in node.inputs)
+    return (node.domain or "", node.op_type, inputs, attrs)
+
+
+def relative_error(reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """Largest, over the float outputs, of ``||y - y_ref||_2 / ||y_ref||_2`` pooled over samples.
+
+    ``reference`` and ``outputs`` hold one ``{output name: array}`` dict per sample. An output
+    whose reference is all zeros contributes its absolute error norm.
+    """
+    if len(reference) != len(outputs):
+        raise ValueError(f"{len(reference)} reference samples but {len(outputs)} outputs")
+    worst = 0.0
+    for name in reference[0] if reference else ():
+        if reference[0][name].dtype.kind != "f":
+            continue
+        num = den = 0.0
+        for ref, out in zip(reference, outputs):
+            r = ref[name].astype(np.float64)
+            d = out[name].astype(np.float64) - r
+            num += float(np.sum(d * d))
+            den += float(np.sum(r * r))
+        err = float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+        worst = max(worst, err)
+    return worst
+
+
+class FloatReference:
+    """The float model's outputs and every intermediate value, per sample, and a runner that
+    reuses them for the unchanged part of a modified copy of the model."""
+
+    def __init__(self, model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+        if not feeds:
+            raise PassError("quantization diagnosis needs at least one calibration sample")
+        self.feeds = [check_feeds(model.graph, f) for f in feeds]
+        self.output_names = [v.name or "" for v in model.graph.outputs]
+        self._keys: dict[str, tuple[object, ...]] = {}
+        for node in model.graph:
+            key = _node_key(node)
+            for v in node.outputs:
+                if v.name:
+                    self._keys[v.name] = key
+        self._initializers = {name: v.const_value for name, v in model.graph.initializers.items()}
+        self.values: list[dict[str, np.ndarray]] = []
+        self.outputs: list[dict[str, np.ndarray]] = []
+        for f in self.feeds:
+            cache: dict[str, np.ndarray] = {}
+
+            def hook(node: ir.Node, arrays: list[np.ndarray], cache: dict[str, np.ndarray] = cache) -> None:
+                for v, a in zip(node.outputs, arrays):
+                    if v.name:
+                        cache[v.name] = a
+
+            self.outputs.append(run(model, f, hook=hook))
+            self.values.append(cache)
+
+    def _same_initializer(self, value: ir.Value) -> bool:
+        old = self._initializers.get(value.name or "")
+        if old is None or value.const_value is None:
+            return False
+        if old is value.const_value:  # ir.Model.clone shares tensors
+            return True
+        a, b = old.numpy(), value.const_value.numpy()
+        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+    def run(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
+        """The outputs of ``model`` (a modified copy of the float model) on every sample.
+
+        A node is recomputed only if it is not in the float model (same output name, op,
+        attributes and input names) or one of its inputs was recomputed or is a changed
+        initializer; otherwise its outputs come from the cache.
+        """
+        graph = model.graph
+        clean: set[str] = {v.name or "" for v in graph.inputs}
+        clean.update(name for name, v in graph.initializers.items() if self._same_initializer(v))
+        plan: list[tuple[ir.Node, bool]] = []  # (node, reuse cached outputs)
+        for node in graph:
+            reuse = all(v is None or v.name in clean for v in node.inputs) and all(
+                v.name and self._keys.get(v.name) == _node_key(node) for v in node.outputs
+            )
+            if reuse:
+                clean.update(v.name or "" for v in node.outputs)
+            plan.append((node, reuse))
+        results = []
+        for feeds, cache in zip(self.feeds, self.values):
+            env: dict[ir.Value, np.ndarray] = {v: feeds[v.name or ""] for v in graph.inputs}
+            for v in graph.initializers.values():
+                if v.const_value is not None and v not in env:
+                    env[v] = v.const_value.numpy()
+            for node, reuse in plan:
+                if reuse:
+                    for v in node.outputs:
+                        env[v] = cache[v.name or ""]
+                else:
+                    for v, a in zip(node.outputs, _run_node(node, env)):
+                        env[v] = a
+            try:
+                results.append({v.name or "": env[v] for v in graph.outputs})
+            except KeyError as exc:
+                raise InterpreterError(f"graph output {exc} was never computed") from None
+        return results
+
+    def error(self, model: ir.Model) -> float:
+        """:func:`relative_error` of ``model``'s outputs against the float outputs."""
+        return relative_error(self.outputs, self.run(model))
+
+
+def _run_node(node: ir.Node, env: Mapping[ir.Value, np.ndarray]) -> list[np.ndarray]:
+    opdef = lookup(node.domain, node.op_type)
+    if opdef is None:
+        raise InterpreterError(f"no reference kernel for {node.domain or 'ai.onnx'}::{node.op_type}", node=node.name)
+    inputs: list[np.ndarray | None] = []
+    for v in node.inputs:
+        if v is None or v.name == "":
+            inputs.append(None)
+        elif v in env:
+            inputs.append(env[v])
+        else:
+            raise InterpreterError(f"input '{v.name}' is not available", node=node.name)
+    try:
+        return [np.asarray(o) for o in opdef.kernel(node, inputs)][: len(node.outputs)]
+    except InterpreterError:
+        raise
+    except Exception as exc:  # a kernel failing is reported against its node
+        raise InterpreterError(f"{node.op_type} failed: {type(exc).__name__}: {exc}", node=node.name) from exc
+
+
+def quantized_copy(model: ir.Model, layers: Sequence[QuantLayer], quantize_one: QuantizeOne) -> ir.Model:
+    """A copy of ``model`` (tensors shared, graph cloned) with ``layers`` (layers of ``model``)
+    quantized by ``quantize_one``; ``model`` itself is not changed."""
+    position = {id(node): i for i, node in enumerate(model.graph)}
+    copy = model.clone()
+    nodes = list(copy.graph)
+    mapped = []
+    for layer in layers:
+        i = position.get(id(layer.node))
+        if i is None:
+            raise PassError(f"layer {layer.name} is not a node of the model being diagnosed", node=layer.name)
+        mapped.append(QuantLayer(nodes[i], layer.weight_index, layer.out_axis, layer.reduce_axis))
+    for layer in mapped:
+        quantize_one(copy, layer)
+    return copy
+
+
+def layer_errors(
+    model: ir.Model,
+    layers: Sequence[QuantLayer],
+    quantize_one: QuantizeOne,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    reference: FloatReference | None = None,
+) -> list[float]:
+    """Each layer's contribution to the output error: :func:`relative_error` of the model with only
+    that layer quantized, in the order of ``layers``. ``model`` is not changed."""
+    ref = reference if reference is not None else FloatReference(model, feeds)
+    return [ref.error(quantized_copy(model, [layer], quantize_one)) for layer in layers]
+
+
+@dataclass
+class GuardResult:
+    """What :func:`accuracy_guard` decided."""
+
+    kept: list[QuantLayer]  #: layers to keep in float, worst first
+    error: float  #: output error with every other layer quantized
+    full_error: float  #: output error with every layer quantized
+    tolerance: float
+    layer_errors: list[float] = field(default_factory=list)  #: per layer, in the order given
+    evaluations: int = 0  #: quantized models run while searching
+
+    @property
+    def within_tolerance(self) -> bool:
+        """Whether the final error is within the tolerance."""
+        return self.error <= self.tolerance
+
+    @property
+    def kept_names(self) -> list[str]:
+        """Names of the layers kept in float."""
+        return [layer.name for layer in self.kept]
+
+    @property
+    def note(self) -> str:
+        """The note of each kept layer's record: ``accuracy guard (model error E <= T, all quantized F)``."""
+        op = "<=" if self.within_tolerance else ">"
+        return (
+            f"{GUARD_NOTE} (model error {self.error:.3g} {op} {self.tolerance:.3g}, "
+            f"all quantized {self.full_error:.3g})"
+        )
+
+    def summary(self) -> str:
+        """One line: how many layers were kept and the errors."""
+        return f"{GUARD_NOTE} kept {len(self.kept)} layer(s) in fp32 " + self.note[len(GUARD_NOTE) + 1 :]
+
+
+def accuracy_guard(
+    model: ir.Model,
+    layers: Sequence[QuantLayer],
+    quantize_one: QuantizeOne,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    tolerance: float,
+    *,
+    errors: Sequence[float] | None = None,
+    reference: FloatReference | None = None,
+) -> GuardResult:
+    """Keep the worst layers in float until quantizing the others leaves the output error within
+    ``tolerance`` (:func:`relative_error`).
+
+    Layers are ranked by their :func:`layer_errors` (given as ``errors`` or measured here); the
+    number ``k`` of worst layers kept is the smallest for which the model is within tolerance,
+    found by binary search (the error is assumed to shrink as more layers stay in float; the
+    returned ``error`` is always measured for the returned set). ``model`` is not changed.
+    """
+    if tolerance < 0:
+        raise PassError(f"accuracy tolerance must be >= 0, got {tolerance}")
+    ref = reference if reference is not None else FloatReference(model, feeds)
+    per_layer = list(errors) if errors is not None else layer_errors(model, layers, quantize_one, feeds, reference=ref)
+    if len(per_layer) != len(layers):
+        raise PassError(f"{len(per_layer)} layer errors for {len(layers)} layers")
+    order = sorted(range(len(layers)), key=lambda i: -per_layer[i])
+    measured: dict[int, float] = {}
+
+    def error_keeping(k: int) -> float:
+        if k not in measured:
+            kept = set(order[:k])
+            rest = [layer for i, layer in enumerate(layers) if i not in kept]
+            measured[k] = ref.error(quantized_copy(model, rest, quantize_one)) if rest else 0.0
+        return measured[k]
+
+    full = error_keeping(0)
+    lo, hi = 0, len(layers)  # error_keeping(lo) > tolerance (unless lo == 0 passes); hi passes
+    if full <= tolerance:
+        hi = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if error_keeping(mid) <= tolerance:
+            hi = mid
+        else:
+            lo = mid
+    return GuardResult(
+        kept=[layers[i] for i in order[:hi]],
+        error=error_keeping(hi),
+        full_error=full,
+        tolerance=tolerance,
+        layer_errors=per_layer,
+        evaluations=sum(1 for k in measured if k < len(layers)),
+    )
+
+
+@dataclass
+class QuantPlan:
+    """Which layers a quantization pass should quantize, which it keeps in float and why, and the
+    diagnosed error of each (by layer name; empty unless diagnosis or the guard ran)."""
+
+    quantize: list[QuantLayer]
+    kept: list[tuple[QuantLayer, str]]  #: (layer, note for its LayerRecord)
+    errors: dict[str, float] = field(default_factory=dict)
+    guard: GuardResult | None = None
+
+
+def plan_quantization(
+    model: ir.Model,
+    layers: Sequence[QuantLayer],
+    quantize_one: QuantizeOne,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    target: str | None = None,
+    weight_bits: int = 8,
+    activation_bits: int | None = 8,
+    cost_check: bool = True,
+    diagnose: bool = False,
+    tolerance: float | None = None,
+    samples: int = DIAGNOSIS_SAMPLES,
+) -> QuantPlan:
+    """The decisions a quantization pass takes before rewriting: (1) with ``cost_check``, layers whose
+    integer kernel is not estimated faster on ``target`` stay in float
+    (:func:`compiler.cost.integer_kernel_pays_off`); (2) with ``diagnose`` or a ``tolerance``, every
+    remaining layer's :func:`layer_errors` on the first ``samples`` of ``feeds``; (3) with a
+    ``tolerance``, :func:`accuracy_guard` keeps the worst layers in float. ``model`` is not changed."""
+    from compiler.cost import integer_kernel_pays_off
+
+    quantize: list[QuantLayer] = []
+    kept: list[tuple[QuantLayer, str]] = []
+    for layer in layers:
+        ok, reason = (
+            integer_kernel_pays_off(layer, target, weight_bits=weight_bits, activation_bits=activation_bits)
+            if cost_check
+            else (True, "")
+        )
+        if ok:
+            quantize.append(layer)
+        else:
+            kept.append((layer, reason))
+    plan = QuantPlan(quantize, kept)
+    if not (diagnose or tolerance is not None) or not quantize:
+        return plan
+    if samples < 1:
+        raise PassError(f"diagnosis needs at least 1 sample, got {samples}")
+    feeds = list(feeds)[:samples]
+    ref = FloatReference(model, feeds)
+    errors = layer_errors(model, quantize, quantize_one, feeds, reference=ref)
+    plan.errors = {layer.name: e for layer, e in zip(quantize, errors)}
+    if tolerance is not None:
+        plan.guard = accuracy_guard(model, quantize, quantize_one, feeds, tolerance, errors=errors, reference=ref)
+        guarded = {id(layer) for layer in plan.guard.kept}
+        plan.quantize = [layer for layer in quantize if id(layer) not in guarded]
+        plan.kept += [(layer, plan.guard.note) for layer in plan.guard.kept]
+    return plan
