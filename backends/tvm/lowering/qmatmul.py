@@ -8,9 +8,12 @@ layer then runs as :mod:`backends.tvm.schedules.qgemm`'s kernel:
 
     y = act(s_x[m] * s_w[n] * sum_k (x_q[m, k] - zp_x[m]) * (w_q[k, n] - zp_w[n]) + bias[n])
 
-with an exact int32 accumulator. The prologue (``x_q - zp_x`` widened to int16, padded to the
-tile) fuses with the ``QuantizeLinear`` that produced ``x_q``. Anything else returns ``None``
-and the ops lower one by one (dequantize, then the fp32 kernel).
+with an exact int32 accumulator. Two kernels: ``u8s8`` (``vpmaddubsw``; uint8 ``x_q`` as is, the
+zero point corrected with the weight column sums) when the weight rows can be ordered so that no
+``k`` pair saturates the instruction's int16 sums (:func:`u8s8_pairing`; always for 7-bit
+weights), else ``s16`` (``x_q - zp_x`` widened to int16, ``vpmaddwd``). Either prologue fuses
+with the ``QuantizeLinear`` that produced ``x_q``. Anything else returns ``None`` and the ops
+lower one by one (dequantize, then the fp32 kernel).
 """
 
 from __future__ import annotations
@@ -27,22 +30,25 @@ from tvm import relax
 from backends.tvm.lowering.common import CACC_DOMAIN, EmitContext, Out, attr, input_at
 from backends.tvm.lowering.kernels import call_kernel, static_shape
 from backends.tvm.schedules.epilogue import SUPPORTED
-from backends.tvm.schedules.qgemm import pack_qweight, plan_qgemm, qgemm_func
+from backends.tvm.schedules.qgemm import QGemmPlan, pack_qweight, plan_qgemm, qgemm_func, u8s8_pairing
 
 R = relax.op
 
 _enabled = True
+_u8s8 = True
 
 
 @contextlib.contextmanager
-def integer_kernels(enabled: bool) -> Iterator[None]:
-    """Within the block, emit (``True``) or do not emit (``False``) integer GEMMs for quantized layers."""
-    global _enabled
-    saved, _enabled = _enabled, enabled
+def integer_kernels(enabled: bool, *, u8s8: bool = True) -> Iterator[None]:
+    """Within the block, emit (``enabled``) or not integer GEMMs for quantized layers; ``u8s8=False``
+    keeps them on the int16 kernel even where the uint8 x int8 one would be exact."""
+    global _enabled, _u8s8
+    saved = _enabled, _u8s8
+    _enabled, _u8s8 = enabled, u8s8
     try:
         yield
     finally:
-        _enabled = saved
+        _enabled, _u8s8 = saved
 
 
 @dataclass
@@ -125,6 +131,39 @@ def _row_param_expr(ctx: EmitContext, v: ir.Value, dtype: str) -> relax.Expr:
     return e if ctx.dtype(e) == dtype else ctx.emit(R.astype(e, dtype))
 
 
+def _prologue_s16(ctx: EmitContext, act: _Act, m: int, k: int, plan: QGemmPlan) -> relax.Expr:
+    """``x_q - zp_x`` as int16 ``[Mp, Kp]``."""
+    a = ctx.emit(R.astype(ctx.expr(act.q), "int16"))
+    if act.zero is not None:
+        a = ctx.emit(R.subtract(a, _row_param_expr(ctx, act.zero, "int16")))
+    a = ctx.emit(R.reshape(a, [m, k]))
+    if (plan.mp, plan.kp) != (m, k):
+        a = ctx.emit(R.nn.pad(a, [0, plan.mp - m, 0, plan.kp - k]))
+    return a
+
+
+def _zero_point_args(
+    ctx: EmitContext, act: _Act, shift: int, colsum: np.ndarray, m: int, plan: QGemmPlan
+) -> tuple[str, list[relax.Expr]]:
+    """The u8s8 kernel's zero-point correction: ``("col", [corr])`` or ``("row", [row_zp, colsum])``."""
+    if act.zero is None:
+        return ("col", [relax.const((-shift * colsum).astype(np.int32))]) if shift else ("", [])
+    known = ctx.const(act.zero)
+    if known is not None and known.size == 1:
+        zp = int(known.reshape(-1)[0]) + shift
+        return "col", [relax.const((-zp * colsum).astype(np.int32))]
+    zp_e = _row_param_expr(ctx, act.zero, "int32")
+    if shift:
+        zp_e = ctx.emit(R.add(zp_e, relax.const(shift, "int32")))
+    if math.prod(int(d) for d in ctx.shape(zp_e)) == 1:
+        zp_s = ctx.emit(R.reshape(zp_e, []))
+        return "col", [ctx.emit(R.multiply(relax.const((-colsum).astype(np.int32)), zp_s))]
+    row = ctx.emit(R.reshape(zp_e, [m]))
+    if plan.mp != m:
+        row = ctx.emit(R.nn.pad(row, [0, plan.mp - m]))
+    return "row", [row, relax.const(colsum.astype(np.int32))]
+
+
 def _emit(
     ctx: EmitContext,
     act: _Act,
@@ -138,29 +177,53 @@ def _emit(
     if shape is None or len(shape) < 2 or shape[-1] != w.shape[0]:
         return None
     m, k, n = math.prod(shape[:-1]), w.shape[0], w.shape[1]
-    plan = plan_qgemm(m, k, n)
-    a = ctx.emit(R.astype(ctx.expr(act.q), "int16"))
-    if act.zero is not None:
-        a = ctx.emit(R.subtract(a, _row_param_expr(ctx, act.zero, "int16")))
-    a = ctx.emit(R.reshape(a, [m, k]))
-    if (plan.mp, plan.kp) != (m, k):
-        a = ctx.emit(R.nn.pad(a, [0, plan.mp - m, 0, plan.kp - k]))
+    perm = u8s8_pairing(w) if _u8s8 else None
+    zero_point = ""
+    if perm is None:
+        plan = plan_qgemm(m, k, n, "s16")
+        args: list[relax.Expr] = [_prologue_s16(ctx, act, m, k, plan), relax.const(pack_qweight(w, plan))]
+        zp_args: list[relax.Expr] = []
+    else:
+        # uint8 activations as they are (int8 ones shifted by 128), zero point through the weight column sums
+        plan = plan_qgemm(m, k, n, "u8s8")
+        shift = 128 if ctx.dtype(act.q) == "int8" else 0
+        a = ctx.expr(act.q)
+        if shift:
+            a = ctx.emit(R.astype(R.add(R.astype(a, "int16"), relax.const(shift, "int16")), "uint8"))
+        a = ctx.emit(R.reshape(a, [m, k]))
+        if (plan.mp, plan.kp) != (m, k):
+            a = ctx.emit(R.nn.pad(a, [0, plan.mp - m, 0, plan.kp - k]))
+        wk = np.zeros((plan.kp, n), np.int8)
+        wk[:k] = w
+        if not np.array_equal(perm, np.arange(plan.kp)):
+            a = ctx.emit(R.take(a, relax.const(perm.astype(np.int64)), axis=1))
+            wk = wk[perm]
+        args = [a, relax.const(pack_qweight(wk, plan))]
+        zero_point, zp_args = _zero_point_args(ctx, act, shift, w.astype(np.int64).sum(axis=0), m, plan)
     s_known = ctx.const(act.scale)
-    per_row = ctx.shape(act.scale) != [] and math.prod(int(d) for d in ctx.shape(act.scale)) > 1
-    args: list[relax.Expr] = [a, relax.const(pack_qweight(w, plan))]
+    per_row = math.prod(int(d) for d in ctx.shape(act.scale)) > 1
     if per_row:
         args.append(relax.const(w_scale))
-        rs = ctx.emit(R.reshape(_row_param_expr(ctx, act.scale, "float32"), [m]))
-        args.append(ctx.emit(R.nn.pad(rs, [0, plan.mp - m])) if plan.mp != m else rs)
     elif s_known is not None:
         args.append(relax.const((w_scale * np.float32(s_known.reshape(-1)[0])).astype(np.float32)))
     else:
         s = ctx.emit(R.reshape(_row_param_expr(ctx, act.scale, "float32"), []))
         args.append(ctx.emit(R.multiply(relax.const(w_scale), s)))
+    args += zp_args
+    if per_row:
+        rs = ctx.emit(R.reshape(_row_param_expr(ctx, act.scale, "float32"), [m]))
+        args.append(ctx.emit(R.nn.pad(rs, [0, plan.mp - m])) if plan.mp != m else rs)
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.astype(np.float32))))
-    func = qgemm_func(plan, row_scale=per_row, bias=bias is not None, activation=activation, activation_params=params)
-    y = call_kernel(ctx, func, "cacc_qgemm", args, [m, n], "float32")
+    func = qgemm_func(
+        plan,
+        zero_point=zero_point,
+        row_scale=per_row,
+        bias=bias is not None,
+        activation=activation,
+        activation_params=params,
+    )
+    y = call_kernel(ctx, func, f"cacc_qgemm_{plan.kind}", args, [m, n], "float32")
     return ctx.emit(R.reshape(y, [*shape[:-1], n]))
 
 
