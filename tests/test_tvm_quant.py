@@ -234,3 +234,50 @@ def test_u8s8_pairing_is_exact_or_refused() -> None:
     assert (np.maximum(-a, 0) + np.maximum(-b, 0)).max() * 255 <= 32768
     # every row is 100 in the same column: no pair can be exact
     assert u8s8_pairing(np.full((8, 3), 100, np.int8)) is None
+
+
+# ---------------------------------------------------------------- other targets
+
+
+def _arm_ready() -> str | None:
+    from backends.tvm import arm_setup
+
+    try:
+        tc = arm_setup.toolchain()
+        arm_setup.runner_path(tc.cxx, tc.lib_dir)
+    except BackendError as exc:
+        return str(exc)
+    return None
+
+
+def test_generic_x86_target_runs_the_integer_kernels_without_avx2_intrinsics() -> None:
+    import tvm
+
+    model = _quant_mlp(63)
+    x = np.random.default_rng(10).standard_normal((7, 37)).astype(np.float32)
+    got = build(model, tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}), num_threads=2).run({"x": x})
+    ref = run(model, {"x": x})
+    for g, name in zip(got, ("y", "z"), strict=True):
+        np.testing.assert_allclose(g, ref[name], rtol=2e-5, atol=2e-5 * float(np.abs(ref[name]).max()))
+
+
+def test_quantized_mlp_builds_for_cuda() -> None:
+    from backends.tvm.cuda import compile_cuda
+
+    lib = compile_cuda(_quant_mlp(127))
+    assert any("qgemm" in name for name in lib.kernel_names())
+
+
+def test_quantized_mlp_matches_reference_on_arm_under_qemu() -> None:
+    why = _arm_ready()
+    if why is not None:
+        pytest.skip(f"ARM toolchain not set up: {why}")
+    from backends.base import BuildOptions
+    from backends.tvm.arm import ArmBackend
+
+    model = _quant_mlp(63)
+    x = np.random.default_rng(11).standard_normal((7, 37)).astype(np.float32)
+    got = ArmBackend().build(model, BuildOptions(num_threads=2)).run({"x": x})
+    ref = run(model, {"x": x})
+    for g, name in zip(got, ("y", "z"), strict=True):
+        np.testing.assert_allclose(g, ref[name], rtol=2e-5, atol=2e-5 * float(np.abs(ref[name]).max()))

@@ -309,19 +309,21 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     if nb % _LANES == 0:
         _oo, oi = sch.split(o_inner, factors=[None, _LANES])
         sch.vectorize(oi)
-    init = sch.decompose_reduction(acc, ko)
-    init_loops = sch.get_loops(init)
-    sch.vectorize(init_loops[-1])
     sch.unroll(ii)
     sch.unroll(jv)
     if has_avx2(target):
         register_intrinsics()
+        init = sch.decompose_reduction(acc, ko)
+        sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(jl, PMADDUBSW_INTRIN if kind == "u8s8" else PMADDWD_INTRIN)
-    else:
+        # keep the accumulator tile in registers (set after tensorizing: the intrinsic's buffers are global)
+        sch.set_scope(init, 0, "local")
+    else:  # LLVM vectorises the 8 columns (the k group unrolled outside them)
+        sch.set_scope(acc, 0, "local")
+        sch.reorder(ki, jl)
         sch.unroll(ki)
         sch.vectorize(jl)
-    # keep the accumulator tile in registers (set after tensorizing: the intrinsic's buffers are global)
-    sch.set_scope(init, 0, "local")
+        sch.decompose_reduction(acc, ko)
     return sch
 
 
