@@ -15,6 +15,7 @@ Usage: ``python tools/bench_qgemm.py [--threads 2] [--shapes 128x384x384,128x384
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -47,11 +48,14 @@ def _model(nodes: list, inputs: list, output_shape: list[int], inits: list[tuple
     return m
 
 
-def models(m: int, k: int, n: int, rng: np.random.Generator) -> dict[str, tuple[onnx.ModelProto, dict]]:
-    """The benchmarked models with their feeds."""
+def models(
+    m: int, k: int, n: int, rng: np.random.Generator, weight_bits: int = 8
+) -> dict[str, tuple[onnx.ModelProto, dict]]:
+    """The benchmarked models with their feeds (``weight_bits`` 7: weights in [-63, 63], ORT's reduce_range)."""
     w = rng.standard_normal((k, n)).astype(np.float32)
-    ws = (np.abs(w).max(axis=0) / 127).astype(np.float32)
-    wq = np.clip(np.rint(w / ws), -128, 127).astype(np.int8)
+    qmax = (1 << (weight_bits - 1)) - 1
+    ws = (np.abs(w).max(axis=0) / qmax).astype(np.float32)
+    wq = np.clip(np.rint(w / ws), -qmax - 1, qmax).astype(np.int8)
     x = rng.standard_normal((m, k)).astype(np.float32)
     xs, xz = np.float32(6.0 / 255), np.uint8(128)
     xq = np.clip(np.rint(x / xs) + 128, 0, 255).astype(np.uint8)
@@ -135,11 +139,17 @@ def _cacc(proto: onnx.ModelProto, threads: int) -> Callable[[dict], object]:
     import onnx_ir as ir
     import tvm
 
+    from backends.tvm.relax_emitter import emit_relax
     from backends.tvm.runtime import build, set_num_threads
+    from backends.tvm.schedules.qgemm import QKERNEL_ATTR
     from compiler.ir.shapes import infer_shapes
 
     model = ir.serde.deserialize_model(proto)
     infer_shapes(model)
+    funcs = [f for _, f in emit_relax(model).functions_items()]
+    kinds = [str(f.attrs[QKERNEL_ATTR]) for f in funcs if f.attrs is not None and QKERNEL_ATTR in f.attrs]
+    if kinds:
+        print(f"  integer kernel: {', '.join(kinds)}")
     ex = build(model, num_threads=threads)
     set_num_threads(threads)
 
@@ -157,20 +167,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", default=MINILM_SHAPES)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--inner", type=int, default=20, help="calls per timed sample")
+    ap.add_argument("--weight-bits", type=int, default=8, choices=(7, 8), help="7: the u8s8 kernel always applies")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     print(f"{'shape':>16} {'contender':>14} {'ms':>8} {'GOP/s':>7}")
     for shape in args.shapes.split(","):
         m, k, n = (int(v) for v in shape.split("x"))
         runners: dict[str, Callable[[], object]] = {}
-        for name, (proto, feeds) in models(m, k, n, rng).items():
+        for name, (proto, feeds) in models(m, k, n, rng, args.weight_bits).items():
             if name.startswith("cacc"):
                 runners[name] = _cacc(proto, args.threads)(feeds)  # type: ignore[assignment]
             if name == "fp32":
                 runners["cacc fp32"] = _cacc(proto, args.threads)(feeds)  # type: ignore[assignment]
             if not name.startswith("cacc"):
                 ort_fn = _ort(proto, args.threads)
-                runners[f"ORT {name}"] = lambda f=ort_fn, d=feeds: f(d)
+                runners[f"ORT {name}"] = functools.partial(ort_fn, feeds)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for fn in runners.values():
             fn()
