@@ -131,6 +131,7 @@ def _ort(proto: onnx.ModelProto, threads: int) -> Callable[[dict], object]:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning into the next contender
     sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda feeds: sess.run(None, feeds)
 
