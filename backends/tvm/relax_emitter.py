@@ -13,7 +13,9 @@ import tvm
 from tvm import relax, tirx
 
 from backends.tvm.lowering import EmitContext, find_lowering
+from backends.tvm.lowering import quant as _quant  # noqa: F401  (registers the quantization lowerings)
 from backends.tvm.lowering.common import np_dtype, relax_dtype
+from backends.tvm.lowering.qmatmul import lower_integer
 from compiler.errors import BackendError
 
 
@@ -72,7 +74,8 @@ def emit_relax(model: ir.Model) -> tvm.IRModule:
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
         bb.emit_func_output(gv)
-    return bb.get()
+    # bindings a pattern lowering made dead (a dequantized activation the integer GEMM reads quantized)
+    return relax.transform.DeadCodeElimination(["main"])(bb.get())
 
 
 def _emit_node(ctx: EmitContext, node: ir.Node, index: int) -> None:
@@ -84,7 +87,8 @@ def _emit_node(ctx: EmitContext, node: ir.Node, index: int) -> None:
     if fn is None:  # check_supported ran first; kept for type narrowing
         raise BackendError(f"no lowering for {node.op_type}", node=label)
     try:
-        outs = list(fn(ctx, node))
+        integer = lower_integer(ctx, node)  # quantized matmul patterns -> integer kernels
+        outs = integer if integer is not None else list(fn(ctx, node))
     except BackendError as exc:
         if exc.node is None:
             raise BackendError(exc.message, node=label) from exc

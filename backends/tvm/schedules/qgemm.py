@@ -1,0 +1,343 @@
+"""Integer GEMM ``act(float(A16 @ W16) * scale + bias)`` with packed int16 weights (int8 values).
+
+The data operand ``A`` is the quantized activation *minus its zero point*, widened to int16 by
+the (fused) prologue, so no column-sum correction is needed and per-row zero points are free;
+``W`` holds int8 weight values widened to int16 and packed at emit time as
+``[Np/nb, Kp/2, nb, 2]`` (each column tile one contiguous panel, two consecutive ``k`` per
+int32 lane). The accumulator is int32 and exact; the epilogue requantizes with
+``scale[n]`` (``s_x * s_w[n]``, optionally times a per-row ``s_x[m]``), adds the bias and applies
+the activation.
+
+On x86 with AVX2 the inner ``8 columns x 2 k`` step is one ``vpmaddwd`` (s16 x s16 -> pairwise
+s32 sums, no saturation for 8-bit values, unlike ``vpmaddubsw``) plus one ``vpaddd``: 16
+multiply-adds per instruction against 8 for an fp32 FMA. Other targets get the same loop nest
+vectorised by LLVM; GPU targets schedule the unscheduled function with their generic rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, te, tirx
+from tvm.script import tirx as T
+from tvm.target import Target, codegen
+
+from backends.tvm.schedules.epilogue import activation_expr
+from backends.tvm.schedules.tiling import TileConfig, ceil_to, pick_tile
+
+QKERNEL_ATTR = "cacc.qkernel"
+"""PrimFunc attribute marking cacc's integer GEMM kernels (value: ``"qgemm"``)."""
+
+PMADDWD_INTRIN = "cacc_avx2_pmaddwd_8x2"
+PMADDUBSW_INTRIN = "cacc_avx2_pmaddubsw_8x4"
+_LANES = 8  # int32 lanes of a 256-bit vector
+
+
+@T.prim_func(s_tir=True)
+def _pmaddwd_desc(
+    A: T.Buffer((2,), "int16", offset_factor=1),  # type: ignore[valid-type]
+    B: T.Buffer((8, 2), "int16", offset_factor=1),  # type: ignore[valid-type]
+    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _pmaddwd_impl(
+    A: T.Buffer((2,), "int16", offset_factor=1),  # type: ignore[valid-type]
+    B: T.Buffer((8, 2), "int16", offset_factor=1),  # type: ignore[valid-type]
+    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+        a_vec = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
+        b_vec = B.vload([0, 0], dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_vec, b_vec, dtype="int32x8"
+        )
+
+
+@T.prim_func(s_tir=True)
+def _pmaddubsw_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
+    B: T.Buffer((8, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
+    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _pmaddubsw_impl(
+    A: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
+    B: T.Buffer((8, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
+    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a_quad = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_vec = T.reinterpret(T.broadcast(a_quad, 8), dtype="uint8x32")
+        b_vec = B.vload([0, 0], dtype="int8x32")
+        pairs = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_vec, b_vec, dtype="int16x16"
+        )
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16), dtype="int32x8"
+        )
+
+
+_registered = False
+
+
+def register_intrinsics() -> None:
+    """Register the AVX2 ``vpmaddwd`` tensor intrinsic (once; TVM's own x86 set is never imported)."""
+    global _registered
+    if _registered:
+        return
+    s_tir.TensorIntrin.register(PMADDWD_INTRIN, _pmaddwd_desc, _pmaddwd_impl, override=True)
+    s_tir.TensorIntrin.register(PMADDUBSW_INTRIN, _pmaddubsw_desc, _pmaddubsw_impl, override=True)
+    _registered = True
+
+
+def has_avx2(target: Target) -> bool:
+    """Whether ``target`` is an LLVM x86 target with AVX2."""
+    if target.kind.name != "llvm":
+        return False
+    try:
+        return bool(codegen.target_has_features("avx2", target))
+    except Exception:  # an LLVM that does not know the target's CPU
+        return False
+
+
+@dataclass(frozen=True)
+class QGemmPlan:
+    """Shapes, register tile and operand kind of one integer GEMM ``[M, K] @ [K, N]``.
+
+    ``kind`` is ``"s16"`` (int16 operands, 2 ``k`` per int32 lane) or ``"u8s8"`` (uint8
+    activations x int8 weights, 4 ``k`` per lane; exact only for weights whose ``k`` pairs
+    cannot saturate ``vpmaddubsw``'s int16 sums, see :func:`u8s8_pairing`).
+    """
+
+    m: int
+    k: int
+    n: int
+    mr: int
+    nb: int
+    kind: str = "s16"
+
+    @property
+    def group(self) -> int:
+        """``k`` values per int32 lane."""
+        return 4 if self.kind == "u8s8" else 2
+
+    @property
+    def mp(self) -> int:
+        """M padded to the row tile."""
+        return ceil_to(self.m, self.mr)
+
+    @property
+    def kp(self) -> int:
+        """K padded to whole lanes."""
+        return ceil_to(self.k, self.group)
+
+    @property
+    def np_(self) -> int:
+        """N padded to the column tile."""
+        return ceil_to(self.n, self.nb)
+
+
+def plan_qgemm(m: int, k: int, n: int, kind: str = "s16") -> QGemmPlan:
+    """The register tile (int32 accumulators in 16 AVX2 registers, like the fp32 GEMM's)."""
+    mr, nb = pick_tile(m, n, TileConfig(_LANES, 16))
+    return QGemmPlan(m, k, n, mr, nb, kind)
+
+
+def pack_qweight(w: np.ndarray, plan: QGemmPlan) -> np.ndarray:
+    """Integer ``[K, N]`` -> ``[Np/nb, Kp/g, nb, g]`` (int16 for ``s16``, int8 for ``u8s8``; zero padded)."""
+    k, n = w.shape
+    g = plan.group
+    padded = np.zeros((plan.kp, plan.np_), np.int16 if plan.kind == "s16" else np.int8)
+    padded[:k, :n] = w
+    # [Kp/g, g, Np/nb, nb] -> [Np/nb, Kp/g, nb, g]
+    return np.ascontiguousarray(padded.reshape(plan.kp // g, g, -1, plan.nb).transpose(2, 0, 3, 1))
+
+
+#: ``vpmaddubsw`` sums two u8 x s8 products into a saturating int16: with activations in [0, 255]
+#: a pair of weights is exact when its positive parts and its negative parts each sum to at most 128.
+_PAIR_LIMIT = 32767 // 255
+
+
+def _pair_ok(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    pos = np.maximum(a, 0) + np.maximum(b, 0)
+    neg = np.maximum(-a, 0) + np.maximum(-b, 0)
+    return (pos <= _PAIR_LIMIT) & (neg <= _PAIR_LIMIT)
+
+
+def u8s8_pairing(w: np.ndarray) -> np.ndarray | None:
+    """A row order of the int8 weight ``[K, N]`` (padded to a multiple of 4 with zero rows, index >= K)
+    in which every adjacent ``k`` pair is exact under ``vpmaddubsw``, or ``None`` when none is found.
+
+    Greedy matching: the rows with the most large entries are paired first, each with the first
+    remaining row compatible in every column (small rows pair with anything).
+    """
+    if w.ndim != 2 or w.size == 0 or w.min() < -128 or w.max() > 127:
+        return None
+    k = w.shape[0]
+    kp = ceil_to(k, 4)
+    wi = np.zeros((kp, w.shape[1]), np.int32)
+    wi[:k] = w
+    if bool(np.all(_pair_ok(wi[0::2], wi[1::2]))):
+        return np.arange(kp)
+    big = (np.abs(wi) > _PAIR_LIMIT // 2).sum(axis=1)
+    order = list(np.argsort(-big, kind="stable"))
+    free = set(range(kp))
+    light = sorted(range(kp), key=lambda r: int(big[r]))
+    pairs: list[int] = []
+    for r in order:
+        if r not in free:
+            continue
+        free.discard(r)
+        mate = next((c for c in light if c in free and bool(np.all(_pair_ok(wi[r], wi[c])))), None)
+        if mate is None:
+            return None
+        free.discard(mate)
+        pairs += [int(r), int(mate)]
+    return np.asarray(pairs, np.int64)
+
+
+def qgemm_func(
+    plan: QGemmPlan,
+    *,
+    zero_point: str = "",
+    row_scale: bool = False,
+    bias: bool = False,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> tirx.PrimFunc:
+    """PrimFunc ``(A[Mp, Kp], W packed, scale[N] f32[, zp...][, row_scale[Mp]][, bias[N]], out[M, N] f32)``.
+
+    ``A`` is int16 (``s16``: already centred) or uint8 (``u8s8``). ``zero_point`` corrects the
+    uint8 activation's zero point with the weight column sums: ``"col"`` adds ``corr[N]`` int32
+    (``-zp_x * colsum``), ``"row"`` subtracts ``row_zp[Mp] * colsum[N]`` (both int32).
+    """
+    p = plan
+    mr, nb, g = p.mr, p.nb, p.group
+    a = te.placeholder((p.mp, p.kp), "int16" if p.kind == "s16" else "uint8", name="A")
+    w = te.placeholder((p.np_ // nb, p.kp // g, nb, g), "int16" if p.kind == "s16" else "int8", name="W")
+    rko = te.reduce_axis((0, p.kp // g), name="ko")
+    rki = te.reduce_axis((0, g), name="ki")
+    acc = te.compute(
+        (p.mp // mr, mr, p.np_ // nb, nb),
+        lambda io, ii, jo, ji: te.sum(
+            a[io * mr + ii, rko * g + rki].astype("int32") * w[jo, rko, ji, rki].astype("int32"), axis=[rko, rki]
+        ),
+        name="acc",
+    )
+    scale = te.placeholder((p.n,), "float32", name="scale")
+    args = [a, w, scale]
+    corr = colsum = row_zp = None
+    if zero_point == "col":
+        corr = te.placeholder((p.n,), "int32", name="corr")
+        args.append(corr)
+    elif zero_point == "row":
+        row_zp = te.placeholder((p.mp,), "int32", name="row_zp")
+        colsum = te.placeholder((p.n,), "int32", name="colsum")
+        args += [row_zp, colsum]
+    rs = te.placeholder((p.mp,), "float32", name="row_scale") if row_scale else None
+    if rs is not None:
+        args.append(rs)
+    bias_t = te.placeholder((p.n,), "float32", name="bias") if bias else None
+    if bias_t is not None:
+        args.append(bias_t)
+
+    def epi(i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        total = acc(i // mr, i % mr, j // nb, j % nb)
+        if corr is not None:
+            total = total + corr[j]
+        if row_zp is not None and colsum is not None:
+            total = total - row_zp[i] * colsum[j]
+        v = total.astype("float32") * scale[j]
+        if rs is not None:
+            v = v * rs[i]
+        if bias_t is not None:
+            v = v + bias_t[j]
+        return activation_expr(v, activation, activation_params)
+
+    out = te.compute((p.m, p.n), epi, name="out")
+    func = te.create_prim_func([*args, out])
+    return func.with_attr(QKERNEL_ATTR, p.kind).with_attr("op_pattern", 8)
+
+
+def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
+    """Register-tiled schedule; the ``8 x g`` inner step tensorized on AVX2 targets.
+
+    Loop nest: ``(column tile, row tile)`` fused and parallel -> ``k`` groups -> rows (unrolled) ->
+    column vectors (unrolled) -> 8 lanes x g k (``vpmaddwd``, or ``vpmaddubsw`` + ``vpmaddwd``);
+    the epilogue runs per tile.
+    """
+    kind = str(func.attrs[QKERNEL_ATTR])
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    out = sch.get_sblock("out")
+    io, ii, jo, ji, ko, ki = sch.get_loops(acc)
+    nb = int(sch.get(ji).extent)
+    jv, jl = sch.split(ji, factors=[None, _LANES])
+    sch.reorder(jo, io, ko, ii, jv, jl, ki)
+    tile = sch.fuse(jo, io)
+    sch.parallel(tile)
+    sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+    o_inner = sch.get_loops(out)[-1]
+    if nb % _LANES == 0:
+        _oo, oi = sch.split(o_inner, factors=[None, _LANES])
+        sch.vectorize(oi)
+    sch.unroll(ii)
+    sch.unroll(jv)
+    if has_avx2(target):
+        register_intrinsics()
+        init = sch.decompose_reduction(acc, ko)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(jl, PMADDUBSW_INTRIN if kind == "u8s8" else PMADDWD_INTRIN)
+        # keep the accumulator tile in registers (set after tensorizing: the intrinsic's buffers are global)
+        sch.set_scope(init, 0, "local")
+    else:  # LLVM vectorises the 8 columns (the k group unrolled outside them)
+        sch.set_scope(acc, 0, "local")
+        sch.reorder(ki, jl)
+        sch.unroll(ki)
+        sch.vectorize(jl)
+        sch.decompose_reduction(acc, ko)
+    return sch
+
+
+__all__ = [
+    "PMADDUBSW_INTRIN",
+    "PMADDWD_INTRIN",
+    "QKERNEL_ATTR",
+    "QGemmPlan",
+    "has_avx2",
+    "pack_qweight",
+    "plan_qgemm",
+    "qgemm_func",
+    "register_intrinsics",
+    "schedule_qgemm",
+    "tvm",
+    "u8s8_pairing",
+]

@@ -1,0 +1,283 @@
+"""TVM lowering of quantized models: Q/DQ ops, integer GEMM pattern matching, fallbacks, ARM / CUDA builds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from backends.tvm.lowering.qmatmul import integer_kernels
+from backends.tvm.relax_emitter import emit_relax
+from backends.tvm.runtime import build
+from backends.tvm.schedules.qgemm import QKERNEL_ATTR, u8s8_pairing
+from compiler.errors import BackendError
+from compiler.ir import infer_shapes, run
+from tests.helpers import make_model, tensor, to_ir
+
+U8, I8, F = TensorProto.UINT8, TensorProto.INT8, TensorProto.FLOAT
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list) -> ir.Model:
+    return infer_shapes(to_ir(make_model(nodes, inputs, outputs, inits, opset=21, extra_opsets={"cacc": 1})))
+
+
+def _check(model: ir.Model, feeds: dict[str, np.ndarray], rtol: float = 1e-5) -> list[np.ndarray]:
+    """Build for the host, compare every output with the reference interpreter; returns the outputs."""
+    got = build(model, num_threads=2).run(feeds)
+    ref = run(model, feeds)
+    for value, g in zip(model.graph.outputs, got, strict=True):
+        r = ref[value.name or ""]
+        assert g.shape == r.shape and g.dtype == r.dtype, value.name
+        if r.dtype.kind in "iub":
+            np.testing.assert_array_equal(g, r, err_msg=value.name)
+        else:
+            np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol * float(np.abs(r).max()), err_msg=value.name)
+    return got
+
+
+def _qkernels(model: ir.Model) -> list[str]:
+    """The integer GEMM kinds in the emitted module (one per kernel)."""
+    mod = emit_relax(model)
+    return sorted(str(f.attrs[QKERNEL_ATTR]) for _, f in mod.functions_items() if f.attrs and QKERNEL_ATTR in f.attrs)
+
+
+# ---------------------------------------------------------------- Q / DQ / DynamicQuantizeLinear / MatMulInteger
+
+
+@pytest.mark.parametrize("dtype", [U8, I8])
+def test_quantize_dequantize_per_tensor_rounds_half_to_even(dtype: int) -> None:
+    zp = np.array(3, np.uint8 if dtype == U8 else np.int8)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    model = _model(nodes, [tensor("x", [2, 8])], [tensor("q", [2, 8], dtype), tensor("y", [2, 8])],
+                   [("s", np.array(0.5, np.float32)), ("z", zp)])  # fmt: skip
+    # x / 0.5 hits .5 exactly (ties), and values beyond the range saturate
+    x = np.array([[0.25, 0.75, 1.25, -0.25, -0.75, 2.25, 300.0, -300.0]] * 2, np.float32)
+    x[1] += 0.1
+    q, _ = _check(model, {"x": x})
+    assert q[0, 0] == 3 and q[0, 1] == 5  # 0.5 -> 0, 1.5 -> 2 (+ zp 3)
+
+
+def test_quantize_dequantize_per_axis_and_blocked() -> None:
+    rng = np.random.default_rng(0)
+    s_axis = rng.uniform(0.01, 0.1, 4).astype(np.float32)
+    z_axis = rng.integers(0, 20, 4).astype(np.uint8)
+    s_block = rng.uniform(0.01, 0.1, (3, 2)).astype(np.float32)  # x [3, 8] blocked by 4 along axis 1
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sa", "za"], ["qa"], axis=0),
+        helper.make_node("DequantizeLinear", ["qa", "sa", "za"], ["ya"], axis=0),
+        helper.make_node("QuantizeLinear", ["x3", "sb"], ["qb"], axis=1, block_size=4, output_dtype=I8),
+        helper.make_node("DequantizeLinear", ["qb", "sb"], ["yb"], axis=1, block_size=4),
+    ]
+    model = _model(
+        nodes,
+        [tensor("x", [4, 5]), tensor("x3", [3, 8])],
+        [tensor("ya", [4, 5]), tensor("qb", [3, 8], I8), tensor("yb", [3, 8])],
+        [("sa", s_axis), ("za", z_axis), ("sb", s_block)],
+    )
+    _check(
+        model,
+        {"x": rng.standard_normal((4, 5)).astype(np.float32), "x3": rng.standard_normal((3, 8)).astype(np.float32)},
+    )
+
+
+def test_dynamic_quantize_linear_and_matmul_integer() -> None:
+    rng = np.random.default_rng(1)
+    b = rng.integers(-128, 128, (6, 5)).astype(np.int8)
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+        helper.make_node("MatMulInteger", ["q", "b", "z", "bz"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        [tensor("x", [3, 6])],
+        [tensor("q", [3, 6], U8), tensor("s", [], F), tensor("z", [], U8), tensor("y", [3, 5], TensorProto.INT32)],
+        [("b", b), ("bz", np.array(2, np.int8))],
+    )
+    _check(model, {"x": rng.standard_normal((3, 6)).astype(np.float32) * 3})
+    _check(model, {"x": np.zeros((3, 6), np.float32)})  # scale 0: y = zp = 0
+    _check(model, {"x": np.abs(rng.standard_normal((3, 6))).astype(np.float32)})  # range [0, max]
+
+
+def test_runtime_quantize_to_int4_is_a_typed_error_naming_the_node() -> None:
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["q"], name="to_int4", output_dtype=TensorProto.INT4)]
+    model = _model(
+        nodes, [tensor("x", [2, 4])], [tensor("q", [2, 4], TensorProto.INT4)], [("s", np.array(0.1, np.float32))]
+    )
+    with pytest.raises(BackendError, match="int4") as info:
+        emit_relax(model)
+    assert info.value.node == "to_int4"
+
+
+# ---------------------------------------------------------------- integer GEMM pattern
+
+
+def _weight_q(rng: np.random.Generator, k: int, n: int, amax: int) -> tuple[np.ndarray, np.ndarray]:
+    w = np.clip(np.rint(rng.standard_normal((k, n)) * amax / 3), -amax, amax).astype(np.int8)
+    return w, rng.uniform(0.005, 0.02, n).astype(np.float32)
+
+
+def _quant_mlp(amax: int, act_dtype: int = U8, m: int = 7, k: int = 37, h: int = 24, n: int = 10) -> ir.Model:
+    """x -> Q/DQ -> MatMul(DQ w1) -> Relu -> Q/DQ -> Gemm(DQ w2, transB, bias) and -> FusedMatMul(DQ w3, Gelu)."""
+    rng = np.random.default_rng(amax)
+    w1, s1 = _weight_q(rng, k, h, amax)
+    w2, s2 = _weight_q(rng, h, n, amax)
+    w3, s3 = _weight_q(rng, h, n, amax)
+    zdt = np.uint8 if act_dtype == U8 else np.int8
+    z1, z2 = (np.array(v, zdt) for v in ((120, 3) if act_dtype == U8 else (0, 0)))
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1q", "s1"], ["w1"], axis=1),
+        helper.make_node("DequantizeLinear", ["w2q", "s2"], ["w2"], axis=0),
+        helper.make_node("DequantizeLinear", ["w3q", "s3"], ["w3"], axis=1),
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("MatMul", ["xd", "w1"], ["h0"]),
+        helper.make_node("Relu", ["h0"], ["h"]),
+        helper.make_node("QuantizeLinear", ["h", "hs", "hz"], ["hq"]),
+        helper.make_node("DequantizeLinear", ["hq", "hs", "hz"], ["hd"]),
+        helper.make_node("Gemm", ["hd", "w2", "b2"], ["y"], transB=1, alpha=0.5),
+        helper.make_node("FusedMatMul", ["hd", "w3", "b3"], ["z"], domain="cacc", activation="Gelu"),
+    ]
+    inits = [
+        ("w1q", w1), ("s1", s1), ("w2q", np.ascontiguousarray(w2.T)), ("s2", s2), ("w3q", w3), ("s3", s3),
+        ("xs", np.array(0.03, np.float32)), ("xz", z1), ("hs", np.array(0.05, np.float32)), ("hz", z2),
+        ("b2", rng.standard_normal(n).astype(np.float32)), ("b3", rng.standard_normal(n).astype(np.float32)),
+    ]  # fmt: skip
+    outputs = [tensor("y", [m, n]), tensor("z", [m, n])]
+    return _model(nodes, [tensor("x", [m, k])], outputs, inits)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("amax", "act_dtype", "kind"),
+    [
+        (63, U8, "u8s8"),  # 7-bit weights: vpmaddubsw pairs cannot saturate
+        (127, U8, "s16"),  # full int8 weights: the int16 kernel where no exact u8s8 pairing exists
+        (63, I8, "u8s8"),  # int8 activations shifted to uint8
+    ],
+)
+def test_quantized_layers_run_as_integer_gemms(amax: int, act_dtype: int, kind: str) -> None:
+    model = _quant_mlp(amax, act_dtype)
+    kinds = _qkernels(model)
+    assert len(kinds) == 3 and kind in kinds and set(kinds) <= {"u8s8", "s16"}
+    x = np.random.default_rng(5).standard_normal((7, 37)).astype(np.float32) * 2
+    _check(model, {"x": x}, rtol=2e-5)
+
+
+def test_integer_and_dequantize_fallback_paths_agree() -> None:
+    model = _quant_mlp(127)
+    x = np.random.default_rng(6).standard_normal((7, 37)).astype(np.float32)
+    with integer_kernels(False):
+        assert _qkernels(model) == []
+        fallback = build(model, num_threads=2).run({"x": x})
+    integer = build(model, num_threads=2).run({"x": x})
+    for f, i in zip(fallback, integer, strict=True):
+        np.testing.assert_allclose(i, f, rtol=2e-5, atol=2e-5 * float(np.abs(f).max()))
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_dynamic_activations_per_tensor_and_per_token(per_token: bool) -> None:
+    rng = np.random.default_rng(7)
+    w, s = _weight_q(rng, 16, 12, 63)
+    inits = [("wq", w), ("ws", s)]
+    if per_token:  # scale [M, 1] from standard ops, QuantizeLinear / DequantizeLinear blocked over K
+        nodes = [
+            helper.make_node("ReduceMax", ["xa", "axes"], ["amax"], keepdims=1),
+            helper.make_node("Div", ["amax", "c127"], ["xs"]),
+            helper.make_node("Abs", ["x"], ["xa"]),
+            helper.make_node("QuantizeLinear", ["x", "xs"], ["q"], axis=1, block_size=16, output_dtype=I8),
+            helper.make_node("DequantizeLinear", ["q", "xs"], ["xd"], axis=1, block_size=16),
+        ]
+        nodes = [nodes[2], nodes[0], nodes[1], nodes[3], nodes[4]]
+        inits += [("axes", np.array([1], np.int64)), ("c127", np.array(127, np.float32))]
+    else:
+        nodes = [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "xs", "xz"]),
+            helper.make_node("DequantizeLinear", ["q", "xs", "xz"], ["xd"]),
+        ]
+    nodes += [
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=1),
+        helper.make_node("MatMul", ["xd", "w"], ["y"]),
+    ]
+    model = _model(nodes, [tensor("x", [5, 16])], [tensor("y", [5, 12])], inits)
+    assert _qkernels(model) == ["u8s8"]
+    _check(model, {"x": rng.standard_normal((5, 16)).astype(np.float32)}, rtol=2e-5)
+
+
+def test_blocked_int4_weights_fall_back_to_dequantize_then_fp32() -> None:
+    rng = np.random.default_rng(8)
+    w = rng.integers(-8, 8, (16, 6)).astype(np.int8)
+    from ml_dtypes import int4
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=0, block_size=8),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    model = _model(nodes, [tensor("x", [3, 16])], [tensor("y", [3, 6])],
+                   [("wq", w.astype(int4)), ("ws", rng.uniform(0.01, 0.1, (2, 6)).astype(np.float32))])  # fmt: skip
+    assert _qkernels(model) == []
+    _check(model, {"x": rng.standard_normal((3, 16)).astype(np.float32)})
+
+
+def test_u8s8_pairing_is_exact_or_refused() -> None:
+    rng = np.random.default_rng(9)
+    w = np.clip(np.rint(rng.standard_normal((40, 16)) * 24), -127, 127).astype(np.int8)
+    perm = u8s8_pairing(w)
+    assert perm is not None and sorted(perm.tolist()) == list(range(40))
+    padded = np.zeros((40, 16), np.int32)
+    padded[:40] = w
+    pw = padded[perm]
+    a, b = pw[0::2], pw[1::2]
+    assert (np.maximum(a, 0) + np.maximum(b, 0)).max() * 255 <= 32767
+    assert (np.maximum(-a, 0) + np.maximum(-b, 0)).max() * 255 <= 32768
+    # every row is 100 in the same column: no pair can be exact
+    assert u8s8_pairing(np.full((8, 3), 100, np.int8)) is None
+
+
+# ---------------------------------------------------------------- other targets
+
+
+def _arm_ready() -> str | None:
+    from backends.tvm import arm_setup
+
+    try:
+        tc = arm_setup.toolchain()
+        arm_setup.runner_path(tc.cxx, tc.lib_dir)
+    except BackendError as exc:
+        return str(exc)
+    return None
+
+
+def test_generic_x86_target_runs_the_integer_kernels_without_avx2_intrinsics() -> None:
+    import tvm
+
+    model = _quant_mlp(63)
+    x = np.random.default_rng(10).standard_normal((7, 37)).astype(np.float32)
+    got = build(model, tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}), num_threads=2).run({"x": x})
+    ref = run(model, {"x": x})
+    for g, name in zip(got, ("y", "z"), strict=True):
+        np.testing.assert_allclose(g, ref[name], rtol=2e-5, atol=2e-5 * float(np.abs(ref[name]).max()))
+
+
+def test_quantized_mlp_builds_for_cuda() -> None:
+    from backends.tvm.cuda import compile_cuda
+
+    lib = compile_cuda(_quant_mlp(127))
+    assert any("qgemm" in name for name in lib.kernel_names())
+
+
+def test_quantized_mlp_matches_reference_on_arm_under_qemu() -> None:
+    why = _arm_ready()
+    if why is not None:
+        pytest.skip(f"ARM toolchain not set up: {why}")
+    from backends.base import BuildOptions
+    from backends.tvm.arm import ArmBackend
+
+    model = _quant_mlp(63)
+    x = np.random.default_rng(11).standard_normal((7, 37)).astype(np.float32)
+    got = ArmBackend().build(model, BuildOptions(num_threads=2)).run({"x": x})
+    ref = run(model, {"x": x})
+    for g, name in zip(got, ("y", "z"), strict=True):
+        np.testing.assert_allclose(g, ref[name], rtol=2e-5, atol=2e-5 * float(np.abs(ref[name]).max()))
