@@ -26,7 +26,7 @@ from tvm.script import tirx as T
 from tvm.target import Target, codegen
 
 from backends.tvm.schedules.epilogue import activation_expr
-from backends.tvm.schedules.tiling import TileConfig, ceil_to, pick_tile
+from backends.tvm.schedules.tiling import ceil_to
 
 QKERNEL_ATTR = "cacc.qkernel"
 """PrimFunc attribute marking cacc's integer GEMM kernels (value: ``"qgemm"``)."""
@@ -34,6 +34,7 @@ QKERNEL_ATTR = "cacc.qkernel"
 PMADDWD_INTRIN = "cacc_avx2_pmaddwd_8x2"
 PMADDUBSW_INTRIN = "cacc_avx2_pmaddubsw_8x4"
 _LANES = 8  # int32 lanes of a 256-bit vector
+_ROW_BLOCK_BYTES = 256 * 1024  # activation rows kept in L2 per row block
 
 
 @T.prim_func(s_tir=True)
@@ -61,11 +62,12 @@ def _pmaddwd_impl(
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
         T.writes(C[0:8])
-        a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
-        a_vec = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
-        b_vec = B.vload([0, 0], dtype="int16x16")
+        # no let-bound temporaries: each would become a per-tile workspace allocation
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_vec, b_vec, dtype="int32x8"
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16"),
+            B.vload([0, 0], dtype="int16x16"),
+            dtype="int32x8",
         )
 
 
@@ -94,14 +96,16 @@ def _pmaddubsw_impl(
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
         T.writes(C[0:8])
-        a_quad = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_vec = T.reinterpret(T.broadcast(a_quad, 8), dtype="uint8x32")
-        b_vec = B.vload([0, 0], dtype="int8x32")
-        pairs = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_vec, b_vec, dtype="int16x16"
-        )
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16), dtype="int32x8"
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32"),
+                B.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16",
+            ),
+            T.broadcast(T.int16(1), 16),
+            dtype="int32x8",
         )
 
 
@@ -166,9 +170,22 @@ class QGemmPlan:
 
 
 def plan_qgemm(m: int, k: int, n: int, kind: str = "s16") -> QGemmPlan:
-    """The register tile (int32 accumulators in 16 AVX2 registers, like the fp32 GEMM's)."""
-    mr, nb = pick_tile(m, n, TileConfig(_LANES, 16))
-    return QGemmPlan(m, k, n, mr, nb, kind)
+    """The register tile, least padding first (ties: more rows, which reuse each weight load more).
+
+    Up to 6 rows x 2 column vectors (12 int32 accumulators; with the 2 weight vectors, the
+    broadcast activation and the product LLVM spills only the constant ``vpmaddwd`` ones), or 3
+    rows x 3 vectors for narrow matrices.
+    """
+    best: tuple[float, int, int] | None = None
+    for vecs in (2, 3, 1):
+        for mr in range(3 if vecs == 3 else 6, 0, -1):
+            padded = ceil_to(m, mr) * ceil_to(n, vecs * _LANES) / (m * n)
+            cost = padded**2 * (1.0 + 0.3 / mr + 0.25 / vecs)  # padding also costs a copy; thin tiles: loads
+            if best is None or cost < best[0] - 1e-9:
+                best = (cost, mr, vecs * _LANES)
+    if best is None:  # pragma: no cover - the loops always run
+        raise ValueError("no register tile")
+    return QGemmPlan(m, k, n, best[1], best[2], kind)
 
 
 def pack_qweight(w: np.ndarray, plan: QGemmPlan) -> np.ndarray:
@@ -290,9 +307,11 @@ def qgemm_func(
 def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     """Register-tiled schedule; the ``8 x g`` inner step tensorized on AVX2 targets.
 
-    Loop nest: ``(column tile, row tile)`` fused and parallel -> ``k`` groups -> rows (unrolled) ->
-    column vectors (unrolled) -> 8 lanes x g k (``vpmaddwd``, or ``vpmaddubsw`` + ``vpmaddwd``);
-    the epilogue runs per tile.
+    Loop nest: ``(row block, column panel)`` fused and parallel -> row tiles -> ``k`` groups ->
+    rows (unrolled) -> column vectors (unrolled) -> 8 lanes x g k (``vpmaddwd``, or ``vpmaddubsw``
+    + ``vpmaddwd``); the epilogue runs per tile. A row block's activations (``_ROW_BLOCK_BYTES``)
+    stay in L2 while every column panel (``Kp x nb`` weights, L1) streams them; the accumulator
+    tile is allocated once per panel.
     """
     kind = str(func.attrs[QKERNEL_ATTR])
     sch = s_tir.Schedule(func)
@@ -300,10 +319,15 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     out = sch.get_sblock("out")
     io, ii, jo, ji, ko, ki = sch.get_loops(acc)
     nb = int(sch.get(ji).extent)
+    tiles, mr = int(sch.get(io).extent), int(sch.get(ii).extent)
+    row_bytes = int(sch.get(ko).extent) * int(sch.get(ki).extent) * (2 if kind == "s16" else 1)
+    per = max(1, _ROW_BLOCK_BYTES // max(1, row_bytes * mr))
+    per = max(d for d in range(1, min(per, tiles) + 1) if tiles % d == 0)  # whole blocks: no predicate
+    ib, it = sch.split(io, factors=[None, per])
     jv, jl = sch.split(ji, factors=[None, _LANES])
-    sch.reorder(jo, io, ko, ii, jv, jl, ki)
-    tile = sch.fuse(jo, io)
-    sch.parallel(tile)
+    sch.reorder(ib, jo, it, ko, ii, jv, jl, ki)
+    sch.parallel(sch.fuse(ib, jo))
+    tile = it
     sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
     o_inner = sch.get_loops(out)[-1]
     if nb % _LANES == 0:
