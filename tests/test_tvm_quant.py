@@ -236,6 +236,59 @@ def test_u8s8_pairing_is_exact_or_refused() -> None:
     assert u8s8_pairing(np.full((8, 3), 100, np.int8)) is None
 
 
+# ---------------------------------------------------------------- integer pointwise conv
+
+
+def _quant_convs(batch: int, act_dtype: int, amax: int = 63) -> ir.Model:
+    """x -> Q/DQ -> FusedConv 1x1 (DQ w per channel, bias, Clip 0..6) -> Q/DQ -> Conv 1x1 stride 2 and Conv 3x3."""
+    rng = np.random.default_rng(batch * 10 + act_dtype)
+    ci, c1, c2, h, w = 13, 20, 9, 5, 7
+    w1 = np.clip(np.rint(rng.standard_normal((c1, ci, 1, 1)) * amax / 3), -amax, amax).astype(np.int8)
+    w2 = np.clip(np.rint(rng.standard_normal((c2, c1, 1, 1)) * amax / 3), -amax, amax).astype(np.int8)
+    w3 = np.clip(np.rint(rng.standard_normal((c2, c1, 3, 3)) * amax / 3), -amax, amax).astype(np.int8)
+    if amax > 100:  # one output channel whose every channel pair saturates vpmaddubsw's int16 sums
+        w1[0], w2[0] = 101, -101
+    zdt = np.uint8 if act_dtype == U8 else np.int8
+    z1, z2 = (np.array(v, zdt) for v in ((118, 0) if act_dtype == U8 else (-3, 0)))
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1q", "s1"], ["w1"], axis=0),
+        helper.make_node("DequantizeLinear", ["w2q", "s2"], ["w2"], axis=0),
+        helper.make_node("DequantizeLinear", ["w3q", "s3"], ["w3"], axis=0),
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("FusedConv", ["xd", "w1", "b1"], ["h"], domain="cacc", activation="Clip",
+                         activation_params=[0.0, 6.0]),
+        helper.make_node("QuantizeLinear", ["h", "hs", "hz"], ["hq"]),
+        helper.make_node("DequantizeLinear", ["hq", "hs", "hz"], ["hd"]),
+        helper.make_node("Conv", ["hd", "w2"], ["y"], strides=[2, 2]),
+        helper.make_node("Conv", ["hd", "w3"], ["z"], pads=[1, 1, 1, 1]),
+    ]  # fmt: skip
+    inits = [
+        ("w1q", w1), ("s1", rng.uniform(0.005, 0.02, c1).astype(np.float32)),
+        ("w2q", w2), ("s2", rng.uniform(0.005, 0.02, c2).astype(np.float32)),
+        ("w3q", w3), ("s3", rng.uniform(0.005, 0.02, c2).astype(np.float32)),
+        ("xs", np.array(0.03, np.float32)), ("xz", z1), ("hs", np.array(0.025, np.float32)), ("hz", z2),
+        ("b1", rng.standard_normal(c1).astype(np.float32)),
+    ]  # fmt: skip
+    outputs = [tensor("h", [batch, c1, h, w]), tensor("y", [batch, c2, 3, 4]), tensor("z", [batch, c2, h, w])]
+    return _model(nodes, [tensor("x", [batch, ci, h, w])], outputs, inits)
+
+
+@pytest.mark.parametrize(("batch", "act_dtype"), [(1, U8), (2, I8)])
+def test_quantized_pointwise_convs_run_as_integer_gemms(batch: int, act_dtype: int) -> None:
+    model = _quant_convs(batch, act_dtype)
+    assert _qkernels(model) == ["s8u8", "s8u8"]  # the two 1x1 convs; the 3x3 conv stays float
+    x = np.random.default_rng(12).standard_normal((batch, 13, 5, 7)).astype(np.float32) * 2
+    h, _, _ = _check(model, {"x": x}, rtol=2e-5)
+    assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()  # the fused Clip ran
+
+
+def test_pointwise_conv_without_exact_pairing_stays_float() -> None:
+    model = _quant_convs(1, U8, amax=127)
+    assert _qkernels(model) == []
+    _check(model, {"x": np.random.default_rng(13).standard_normal((1, 13, 5, 7)).astype(np.float32)}, rtol=2e-5)
+
+
 # ---------------------------------------------------------------- other targets
 
 

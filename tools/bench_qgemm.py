@@ -9,6 +9,9 @@ every contender alike), the median of:
 - ``cacc fp32``: the same MatMul in fp32 (cacc's packed fp32 kernel);
 - ``ORT fp32`` MatMul, ``ORT MatMulInteger`` (uint8 x int8) and ``ORT QLinearMatMul``.
 
+With ``--convs`` it times pointwise convs (QDQ + bias + Clip) instead: cacc's integer conv, cacc /
+ORT fp32 and ORT's QLinearConv (the same QDQ model).
+
 Usage: ``python tools/bench_qgemm.py [--threads 2] [--shapes 128x384x384,128x384x1536] [--rounds 7]``
 """
 
@@ -29,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: A MiniLM-L6 layer's GEMM shapes at sequence length 128 (QKV / attention output, FFN up, FFN down).
 MINILM_SHAPES = "128x384x384,128x384x1536,128x1536x384"
+#: EfficientNet-Lite0 pointwise convs (expand / project at 112, 56, 28, 14 and 7 pixels square).
+EFFNET_CONVS = "16x112x112x96,144x56x56x24,240x28x28x40,480x14x14x80,1152x7x7x192"
 
 
 def _model(nodes: list, inputs: list, output_shape: list[int], inits: list[tuple[str, np.ndarray]]) -> onnx.ModelProto:
@@ -125,6 +130,50 @@ def models(
     return out
 
 
+def conv_models(
+    ci: int, h: int, w_: int, co: int, rng: np.random.Generator, weight_bits: int = 7
+) -> dict[str, tuple[onnx.ModelProto, dict]]:
+    """A pointwise (1x1) conv ``[1, ci, h, w] -> [1, co, h, w]`` with bias and Clip(0, 6) (EfficientNet's):
+    the QDQ form (cacc's integer kernel; ORT fuses it into QLinearConv) and fp32."""
+    w = rng.standard_normal((co, ci, 1, 1)).astype(np.float32)
+    qmax = (1 << (weight_bits - 1)) - 1
+    ws = (np.abs(w).reshape(co, -1).max(axis=1) / qmax).astype(np.float32)
+    wq = np.clip(np.rint(w / ws.reshape(-1, 1, 1, 1)), -qmax - 1, qmax).astype(np.int8)
+    b = rng.standard_normal(co).astype(np.float32)
+    x = np.abs(rng.standard_normal((1, ci, h, w_))).astype(np.float32)
+    xs, xz = np.float32(6.0 / 255), np.uint8(0)
+    xin = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ci, h, w_])
+    clip = [helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+    bounds = [("lo", np.array(0, np.float32)), ("hi", np.array(6, np.float32))]
+    qdq = _model(
+        [
+            helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=0),
+            helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "xs", "xz"], ["xd"]),
+            helper.make_node("Conv", ["xd", "w", "b"], ["c"]),
+            *clip,
+        ],
+        [xin],
+        [1, co, h, w_],
+        [("wq", wq), ("ws", ws), ("xs", np.array(xs)), ("xz", np.array(xz)), ("b", b), *bounds],
+    )
+    fp32 = _model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"]), *clip], [xin], [1, co, h, w_], [("w", w), ("b", b), *bounds]
+    )
+    # cacc runs what its pipeline makes of the QDQ model: Conv + bias + Clip as one cacc::FusedConv
+    fused = onnx.ModelProto()
+    fused.CopyFrom(qdq)
+    nodes = fused.graph.node
+    conv = nodes[3]
+    conv.op_type, conv.domain, conv.output[0] = "FusedConv", "cacc", "y"
+    conv.attribute.extend(
+        [helper.make_attribute("activation", "Clip"), helper.make_attribute("activation_params", [0.0, 6.0])]
+    )
+    del nodes[4]
+    fused.opset_import.append(helper.make_opsetid("cacc", 1))
+    return {"cacc int8+Q": (fused, {"x": x}), "fp32": (fp32, {"x": x}), "QDQ (QLinearConv)": (qdq, {"x": x})}
+
+
 def _ort(proto: onnx.ModelProto, threads: int) -> Callable[[dict], object]:
     import onnxruntime as ort
 
@@ -169,13 +218,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--inner", type=int, default=20, help="calls per timed sample")
     ap.add_argument("--weight-bits", type=int, default=8, choices=(7, 8), help="7: the u8s8 kernel always applies")
+    ap.add_argument("--convs", default="", help="pointwise convs CixHxWxCo instead of GEMMs, e.g. " + EFFNET_CONVS)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     print(f"{'shape':>16} {'contender':>14} {'ms':>8} {'GOP/s':>7}")
-    for shape in args.shapes.split(","):
-        m, k, n = (int(v) for v in shape.split("x"))
+    for shape in (args.convs or args.shapes).split(","):
+        dims = [int(v) for v in shape.split("x")]
+        if args.convs:
+            ci, h, w, n = dims
+            m, k = h * w, ci
+            cases = conv_models(ci, h, w, n, rng, args.weight_bits)
+        else:
+            m, k, n = dims
+            cases = models(m, k, n, rng, args.weight_bits)
         runners: dict[str, Callable[[], object]] = {}
-        for name, (proto, feeds) in models(m, k, n, rng, args.weight_bits).items():
+        for name, (proto, feeds) in cases.items():
             if name.startswith("cacc"):
                 runners[name] = _cacc(proto, args.threads)(feeds)  # type: ignore[assignment]
             if name == "fp32":

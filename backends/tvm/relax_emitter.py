@@ -15,6 +15,7 @@ from tvm import relax, tirx
 from backends.tvm.lowering import EmitContext, find_lowering
 from backends.tvm.lowering import quant as _quant  # noqa: F401  (registers the quantization lowerings)
 from backends.tvm.lowering.common import np_dtype, relax_dtype
+from backends.tvm.lowering.qconv import lower_integer_conv
 from backends.tvm.lowering.qmatmul import lower_integer
 from compiler.errors import BackendError
 
@@ -87,7 +88,9 @@ def _emit_node(ctx: EmitContext, node: ir.Node, index: int) -> None:
     if fn is None:  # check_supported ran first; kept for type narrowing
         raise BackendError(f"no lowering for {node.op_type}", node=label)
     try:
-        integer = lower_integer(ctx, node)  # quantized matmul patterns -> integer kernels
+        integer = lower_integer(ctx, node)  # quantized matmul / pointwise conv patterns -> integer kernels
+        if integer is None:
+            integer = lower_integer_conv(ctx, node)
         outs = integer if integer is not None else list(fn(ctx, node))
     except BackendError as exc:
         if exc.node is None:

@@ -51,6 +51,11 @@ def integer_kernels(enabled: bool, *, u8s8: bool = True) -> Iterator[None]:
         _enabled, _u8s8 = saved
 
 
+def kernel_switches() -> tuple[bool, bool]:
+    """``(integer kernels enabled, u8 x s8 kernels allowed)`` as set by :func:`integer_kernels`."""
+    return _enabled, _u8s8
+
+
 @dataclass
 class _Act:
     q: ir.Value
@@ -224,7 +229,7 @@ def _emit(
         activation_params=params,
     )
     y = call_kernel(ctx, func, f"cacc_qgemm_{plan.kind}", args, [m, n], "float32")
-    return ctx.emit(R.reshape(y, [*shape[:-1], n]))
+    return y if len(shape) == 2 else ctx.emit(R.reshape(y, [*shape[:-1], n]))
 
 
 def _bias(ctx: EmitContext, v: ir.Value | None, n: int, scale: float = 1.0) -> np.ndarray | bool | None:

@@ -33,6 +33,7 @@ QKERNEL_ATTR = "cacc.qkernel"
 
 PMADDWD_INTRIN = "cacc_avx2_pmaddwd_8x2"
 PMADDUBSW_INTRIN = "cacc_avx2_pmaddubsw_8x4"
+PMADDUBSW_T_INTRIN = "cacc_avx2_pmaddubsw_8x4_t"  # broadcast int8 weights x uint8 activation vectors
 _LANES = 8  # int32 lanes of a 256-bit vector
 _ROW_BLOCK_BYTES = 256 * 1024  # activation rows kept in L2 per row block
 
@@ -109,7 +110,52 @@ def _pmaddubsw_impl(
         )
 
 
+@T.prim_func(s_tir=True)
+def _pmaddubsw_t_desc(
+    A: T.Buffer((4,), "int8", offset_factor=1),  # type: ignore[valid-type]
+    B: T.Buffer((8, 4), "uint8", offset_factor=1),  # type: ignore[valid-type]
+    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _pmaddubsw_t_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),  # type: ignore[valid-type]
+    B: T.Buffer((8, 4), "uint8", offset_factor=1),  # type: ignore[valid-type]
+    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                B.vload([0, 0], dtype="uint8x32"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 8), dtype="int8x32"),
+                dtype="int16x16",
+            ),
+            T.broadcast(T.int16(1), 16),
+            dtype="int32x8",
+        )
+
+
 _registered = False
+
+#: Per kind: (A dtype, packed W dtype, k per int32 lane, AVX2 intrinsic).
+_KINDS = {
+    "s16": ("int16", "int16", 2, PMADDWD_INTRIN),
+    "u8s8": ("uint8", "int8", 4, PMADDUBSW_INTRIN),
+    "s8u8": ("int8", "uint8", 4, PMADDUBSW_T_INTRIN),
+}
 
 
 def register_intrinsics() -> None:
@@ -119,6 +165,7 @@ def register_intrinsics() -> None:
         return
     s_tir.TensorIntrin.register(PMADDWD_INTRIN, _pmaddwd_desc, _pmaddwd_impl, override=True)
     s_tir.TensorIntrin.register(PMADDUBSW_INTRIN, _pmaddubsw_desc, _pmaddubsw_impl, override=True)
+    s_tir.TensorIntrin.register(PMADDUBSW_T_INTRIN, _pmaddubsw_t_desc, _pmaddubsw_t_impl, override=True)
     _registered = True
 
 
@@ -136,7 +183,8 @@ def has_avx2(target: Target) -> bool:
 class QGemmPlan:
     """Shapes, register tile and operand kind of one integer GEMM ``[M, K] @ [K, N]``.
 
-    ``kind`` is ``"s16"`` (int16 operands, 2 ``k`` per int32 lane) or ``"u8s8"`` (uint8
+    ``kind`` is ``"s16"`` (int16 operands, 2 ``k`` per int32 lane), ``"s8u8"`` (``u8s8`` with the
+    operands swapped: int8 weight rows broadcast, uint8 activations packed) or ``"u8s8"`` (uint8
     activations x int8 weights, 4 ``k`` per lane; exact only for weights whose ``k`` pairs
     cannot saturate ``vpmaddubsw``'s int16 sums, see :func:`u8s8_pairing`).
     """
@@ -151,7 +199,12 @@ class QGemmPlan:
     @property
     def group(self) -> int:
         """``k`` values per int32 lane."""
-        return 4 if self.kind == "u8s8" else 2
+        return _KINDS[self.kind][2]
+
+    @property
+    def per_row(self) -> bool:
+        """Whether the per-channel parameters (scale, zero-point correction, bias) index rows (``s8u8``)."""
+        return self.kind == "s8u8"
 
     @property
     def mp(self) -> int:
@@ -192,7 +245,7 @@ def pack_qweight(w: np.ndarray, plan: QGemmPlan) -> np.ndarray:
     """Integer ``[K, N]`` -> ``[Np/nb, Kp/g, nb, g]`` (int16 for ``s16``, int8 for ``u8s8``; zero padded)."""
     k, n = w.shape
     g = plan.group
-    padded = np.zeros((plan.kp, plan.np_), np.int16 if plan.kind == "s16" else np.int8)
+    padded = np.zeros((plan.kp, plan.np_), _KINDS[plan.kind][1])
     padded[:k, :n] = w
     # [Kp/g, g, Np/nb, nb] -> [Np/nb, Kp/g, nb, g]
     return np.ascontiguousarray(padded.reshape(plan.kp // g, g, -1, plan.nb).transpose(2, 0, 3, 1))
@@ -255,11 +308,16 @@ def qgemm_func(
     ``A`` is int16 (``s16``: already centred) or uint8 (``u8s8``). ``zero_point`` corrects the
     uint8 activation's zero point with the weight column sums: ``"col"`` adds ``corr[N]`` int32
     (``-zp_x * colsum``), ``"row"`` subtracts ``row_zp[Mp] * colsum[N]`` (both int32).
+
+    ``s8u8`` (a pointwise conv ``W[Co, Ci] @ X[Ci, HW]``): ``A`` is the constant int8 weight, ``W``
+    the packed uint8 activations, and ``scale`` / ``corr`` / ``bias`` index rows (``[M]``).
     """
     p = plan
     mr, nb, g = p.mr, p.nb, p.group
-    a = te.placeholder((p.mp, p.kp), "int16" if p.kind == "s16" else "uint8", name="A")
-    w = te.placeholder((p.np_ // nb, p.kp // g, nb, g), "int16" if p.kind == "s16" else "int8", name="W")
+    a_dtype, w_dtype = _KINDS[p.kind][:2]
+    a = te.placeholder((p.mp, p.kp), a_dtype, name="A")
+    w = te.placeholder((p.np_ // nb, p.kp // g, nb, g), w_dtype, name="W")
+    channels = p.m if p.per_row else p.n
     rko = te.reduce_axis((0, p.kp // g), name="ko")
     rki = te.reduce_axis((0, g), name="ki")
     acc = te.compute(
@@ -269,11 +327,11 @@ def qgemm_func(
         ),
         name="acc",
     )
-    scale = te.placeholder((p.n,), "float32", name="scale")
+    scale = te.placeholder((channels,), "float32", name="scale")
     args = [a, w, scale]
     corr = colsum = row_zp = None
     if zero_point == "col":
-        corr = te.placeholder((p.n,), "int32", name="corr")
+        corr = te.placeholder((channels,), "int32", name="corr")
         args.append(corr)
     elif zero_point == "row":
         row_zp = te.placeholder((p.mp,), "int32", name="row_zp")
@@ -282,21 +340,22 @@ def qgemm_func(
     rs = te.placeholder((p.mp,), "float32", name="row_scale") if row_scale else None
     if rs is not None:
         args.append(rs)
-    bias_t = te.placeholder((p.n,), "float32", name="bias") if bias else None
+    bias_t = te.placeholder((channels,), "float32", name="bias") if bias else None
     if bias_t is not None:
         args.append(bias_t)
 
     def epi(i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         total = acc(i // mr, i % mr, j // nb, j % nb)
+        c = i if p.per_row else j
         if corr is not None:
-            total = total + corr[j]
+            total = total + corr[c]
         if row_zp is not None and colsum is not None:
             total = total - row_zp[i] * colsum[j]
-        v = total.astype("float32") * scale[j]
+        v = total.astype("float32") * scale[c]
         if rs is not None:
             v = v * rs[i]
         if bias_t is not None:
-            v = v + bias_t[j]
+            v = v + bias_t[c]
         return activation_expr(v, activation, activation_params)
 
     out = te.compute((p.m, p.n), epi, name="out")
@@ -339,7 +398,7 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
         register_intrinsics()
         init = sch.decompose_reduction(acc, ko)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(jl, PMADDUBSW_INTRIN if kind == "u8s8" else PMADDWD_INTRIN)
+        sch.tensorize(jl, _KINDS[kind][3])
         # keep the accumulator tile in registers (set after tensorizing: the intrinsic's buffers are global)
         sch.set_scope(init, 0, "local")
     else:  # LLVM vectorises the 8 columns (the k group unrolled outside them)
@@ -353,6 +412,7 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
 
 __all__ = [
     "PMADDUBSW_INTRIN",
+    "PMADDUBSW_T_INTRIN",
     "PMADDWD_INTRIN",
     "QKERNEL_ATTR",
     "QGemmPlan",

@@ -1,0 +1,155 @@
+"""Integer pointwise convolutions from quantized patterns: ``DQ(activation) x DQ(constant int8 weight)``.
+
+Matched on ``Conv`` and ``cacc::FusedConv`` with a ``1 x 1`` kernel (any stride, no padding,
+``group=1``) whose data input is a per-tensor ``DequantizeLinear`` of a run-time uint8/int8
+tensor and whose weight is a ``DequantizeLinear`` of a constant int8 ``[Co, Ci, 1, 1]``
+initializer (per-tensor or per-output-channel scale, zero point folded in when the result stays
+int8). The layer is the GEMM ``W[Co, Ci] @ X[Ci, N*H*W]`` on :mod:`backends.tvm.schedules.qgemm`'s
+``s8u8`` kernel: weight rows are broadcast, the uint8 activations are packed four channels per
+int32 lane by a Relax prologue (reshape / pad / transpose, which TVM fuses with the
+``QuantizeLinear`` that produced them), and the epilogue applies ``s_x * s_w[co]``, the zero-point
+correction ``-zp_x * sum_ci w[co, ci]``, the bias and the activation (e.g. ``Clip(0, 6)``), writing
+NCHW directly:
+
+    y[n, co, p] = act(s_x * s_w[co] * sum_ci (x_q[n, ci, p] - zp_x) * w_q[co, ci] + bias[co])
+
+Exact like the ``u8s8`` GEMM: only when the channel pairs cannot saturate ``vpmaddubsw`` (always
+for 7-bit weights, see :func:`~backends.tvm.schedules.qgemm.u8s8_pairing`). Anything else returns
+``None`` and the ops lower one by one (dequantize, then the fp32 conv).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax
+
+from backends.tvm.lowering.common import CACC_DOMAIN, EmitContext, Out, attr, input_at
+from backends.tvm.lowering.kernels import call_kernel, static_shape
+from backends.tvm.lowering.nn import _spatial_params
+from backends.tvm.lowering.qmatmul import _activation, _bias, _producer, _zero_point_args, kernel_switches
+from backends.tvm.schedules.epilogue import SUPPORTED
+from backends.tvm.schedules.qgemm import plan_qgemm, qgemm_func, u8s8_pairing
+
+R = relax.op
+
+
+def _conv_weight(ctx: EmitContext, v: ir.Value) -> tuple[np.ndarray, np.ndarray] | None:
+    """``w - zp_w`` as int8 ``[Co, Ci]`` and the fp32 scale ``[Co]`` of a pointwise weight, or ``None``."""
+    dq = _producer(v, "DequantizeLinear")
+    if dq is None or len(dq.inputs) < 2 or int(attr(dq, "block_size", 0)):
+        return None
+    q, s, z = ctx.const(dq.inputs[0]), ctx.const(dq.inputs[1]), ctx.const(input_at(dq, 2))
+    if q is None or s is None or q.ndim != 4 or q.shape[2:] != (1, 1) or q.dtype not in (np.int8, np.uint8):
+        return None
+    if s.dtype != np.float32 or (input_at(dq, 2) is not None and z is None):
+        return None
+    co = q.shape[0]
+    axis = int(attr(dq, "axis", 1))
+    if s.size != 1 and ((axis + 4 if axis < 0 else axis) != 0 or s.size != co):
+        return None
+    w = q.reshape(co, -1).astype(np.int16)
+    if z is not None:
+        if z.size not in (1, co):
+            return None
+        w = w - z.astype(np.int16).reshape(-1, 1)
+    if w.min() < -128 or w.max() > 127:
+        return None
+    return w.astype(np.int8), np.broadcast_to(s.reshape(-1), (co,)).astype(np.float32)
+
+
+def _pack_activation(
+    ctx: EmitContext, x: relax.Expr, shape: list[int], perm: np.ndarray, kp: int, cols: int, nb: int
+) -> relax.Expr:
+    """uint8 ``[N, Ci, H, W]`` -> ``[cols/nb, Kp/4, nb, 4]`` (channel ``perm`` applied, zero padded)."""
+    n, ci = shape[0], shape[1]
+    pixels = math.prod(shape[2:])
+    if n == 1:
+        a = ctx.emit(R.reshape(x, [ci, pixels]))
+    else:
+        a = ctx.emit(R.reshape(R.permute_dims(x, [1, 0, 2, 3]), [ci, n * pixels]))
+    if not np.array_equal(perm, np.arange(perm.size)):
+        if perm.size > ci:  # padding rows come from the zero pad below
+            a = ctx.emit(R.nn.pad(a, [0, perm.size - ci, 0, 0]))
+        a = ctx.emit(R.take(a, relax.const(perm.astype(np.int64)), axis=0))
+        ci = perm.size
+    if (kp, cols) != (ci, n * pixels):
+        a = ctx.emit(R.nn.pad(a, [0, kp - ci, 0, cols - n * pixels]))
+    a = ctx.emit(R.reshape(a, [kp // 4, 4, cols // nb, nb]))
+    return ctx.emit(R.permute_dims(a, [2, 0, 3, 1]))
+
+
+def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
+    """The integer lowering of ``node`` when it is a quantized pointwise conv pattern, else ``None``."""
+    enabled, u8s8 = kernel_switches()
+    if not enabled or not u8s8 or len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
+        return None
+    domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+    activation, params = "", []
+    if (domain, node.op_type) == (CACC_DOMAIN, "FusedConv"):
+        activation = attr(node, "activation", "") or ""
+        params = [float(p) for p in attr(node, "activation_params", []) or []]
+    elif (domain, node.op_type) != ("", "Conv"):
+        return None
+    if activation not in SUPPORTED or int(attr(node, "group", 1)) != 1:
+        return None
+    weight = _conv_weight(ctx, node.inputs[1])
+    if weight is None:
+        return None
+    w, w_scale = weight
+    co, ci = w.shape
+    act = _activation(ctx, node.inputs[0], ci)
+    if act is None or any(
+        v is not None and math.prod(int(d) for d in ctx.shape(v)) != 1 for v in (act.scale, act.zero)
+    ):
+        return None
+    shape = static_shape(ctx, ctx.expr(act.q))
+    if shape is None or len(shape) != 4 or shape[1] != ci:
+        return None
+    strides, _dil, pads = _spatial_params(ctx, node, list(shape), [1, 1])
+    if any(pads):
+        return None
+    bias = _bias(ctx, input_at(node, 2), co)
+    if bias is False:
+        return None
+    perm = u8s8_pairing(np.ascontiguousarray(w.T))
+    if perm is None:
+        return None
+    x = ctx.expr(act.q)
+    shift = 128 if ctx.dtype(act.q) == "int8" else 0
+    if shift:
+        x = ctx.emit(R.astype(R.add(R.astype(x, "int16"), relax.const(shift, "int16")), "uint8"))
+    if strides != [1, 1]:
+        x = ctx.emit(R.strided_slice(x, axes=[2, 3], begin=[0, 0], end=shape[2:], strides=strides))
+        shape = [shape[0], ci, -(-shape[2] // strides[0]), -(-shape[3] // strides[1])]
+    n, oh, ow = shape[0], shape[2], shape[3]
+    cols = n * oh * ow
+    plan = plan_qgemm(co, perm.size, cols, "s8u8")
+    wk = np.zeros((plan.mp, plan.kp), np.int8)
+    wk[:co, : perm.size] = np.pad(w, [(0, 0), (0, perm.size - ci)])[:, perm]
+    args: list[relax.Expr] = [relax.const(wk), _pack_activation(ctx, x, shape, perm, plan.kp, plan.np_, plan.nb)]
+    s_known = ctx.const(act.scale)
+    if s_known is not None:
+        args.append(relax.const((w_scale * np.float32(s_known.reshape(-1)[0])).astype(np.float32)))
+    else:
+        s = ctx.emit(R.reshape(R.astype(ctx.expr(act.scale), "float32"), []))
+        args.append(ctx.emit(R.multiply(relax.const(w_scale), s)))
+    zero_point, zp_args = _zero_point_args(ctx, act, shift, w.astype(np.int64).sum(axis=1), cols, plan)
+    if zero_point not in ("", "col"):
+        return None
+    args += zp_args
+    if isinstance(bias, np.ndarray):
+        args.append(relax.const(np.ascontiguousarray(bias)))
+    func = qgemm_func(
+        plan,
+        zero_point=zero_point,
+        bias=isinstance(bias, np.ndarray),
+        activation=activation,
+        activation_params=params,
+    )
+    y = call_kernel(ctx, func, "cacc_qconv1x1_s8u8", args, [co, cols], "float32")
+    if n == 1:
+        return [ctx.emit(R.reshape(y, [1, co, oh, ow]))]
+    return [ctx.emit(R.permute_dims(R.reshape(y, [co, n, oh, ow]), [1, 0, 2, 3]))]
