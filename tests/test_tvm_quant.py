@@ -274,7 +274,7 @@ def _quant_convs(batch: int, act_dtype: int, amax: int = 63) -> ir.Model:
     return _model(nodes, [tensor("x", [batch, ci, h, w])], outputs, inits)
 
 
-@pytest.mark.parametrize(("batch", "act_dtype"), [(1, U8), (2, I8)])
+@pytest.mark.parametrize(("batch", "act_dtype"), [(1, U8), (1, I8), (2, I8)])
 def test_quantized_pointwise_convs_run_as_integer_gemms(batch: int, act_dtype: int) -> None:
     model = _quant_convs(batch, act_dtype)
     assert _qkernels(model) == ["s8u8", "s8u8"]  # the two 1x1 convs; the 3x3 conv stays float

@@ -31,7 +31,8 @@ from backends.tvm.lowering.kernels import call_kernel, static_shape
 from backends.tvm.lowering.nn import _spatial_params
 from backends.tvm.lowering.qmatmul import _activation, _bias, _producer, _zero_point_args, kernel_switches
 from backends.tvm.schedules.epilogue import SUPPORTED
-from backends.tvm.schedules.qgemm import plan_qgemm, qgemm_func, u8s8_pairing
+from backends.tvm.schedules.qconv import quant_pack_func
+from backends.tvm.schedules.qgemm import QGemmPlan, plan_qgemm, qgemm_func, u8s8_pairing
 
 R = relax.op
 
@@ -79,6 +80,32 @@ def _pack_activation(
         a = ctx.emit(R.nn.pad(a, [0, kp - ci, 0, cols - n * pixels]))
     a = ctx.emit(R.reshape(a, [kp // 4, 4, cols // nb, nb]))
     return ctx.emit(R.permute_dims(a, [2, 0, 3, 1]))
+
+
+def _fused_quant_pack(
+    ctx: EmitContext, q: ir.Value, shape: list[int], perm: np.ndarray, plan: QGemmPlan
+) -> relax.Expr | None:
+    """The packed operand straight from the float input of the ``QuantizeLinear`` producing ``q``
+    (one vectorised kernel), or ``None`` when that producer is not a per-tensor constant quantize."""
+    node = _producer(q, "QuantizeLinear")
+    identity = np.array_equal(perm, np.arange(perm.size))
+    if node is None or shape[0] != 1 or int(attr(node, "block_size", 0)) or not identity:
+        return None
+    x_v, s, z = node.inputs[0], ctx.const(input_at(node, 1)), ctx.const(input_at(node, 2))
+    if x_v is None or x_v.name not in ctx.exprs or ctx.dtype(x_v) != "float32" or s is None or s.size != 1:
+        return None
+    if input_at(node, 2) is not None and (z is None or z.size != 1):
+        return None
+    dtype = ctx.dtype(q)
+    info = np.iinfo(np.dtype(dtype))
+    zero = 0 if z is None else int(z.reshape(-1)[0])
+    ci, pixels = shape[1], shape[2] * shape[3]
+    func = quant_pack_func(
+        plan, ci, pixels, float(s.reshape(-1)[0]), zero, int(info.min), int(info.max), 128 if dtype == "int8" else 0
+    )
+    x = ctx.emit(R.reshape(ctx.expr(x_v), [ci, pixels]))
+    packed = call_kernel(ctx, func, "cacc_qconv_pack", [x], [plan.np_ // plan.nb, plan.kp // 4, plan.nb], "uint32")
+    return ctx.emit(R.memory.view(packed, [plan.np_ // plan.nb, plan.kp // 4, plan.nb, 4], "uint8"))
 
 
 def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
@@ -129,7 +156,10 @@ def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
     plan = plan_qgemm(co, perm.size, cols, "s8u8")
     wk = np.zeros((plan.mp, plan.kp), np.int8)
     wk[:co, : perm.size] = np.pad(w, [(0, 0), (0, perm.size - ci)])[:, perm]
-    args: list[relax.Expr] = [relax.const(wk), _pack_activation(ctx, x, shape, perm, plan.kp, plan.np_, plan.nb)]
+    packed = _fused_quant_pack(ctx, act.q, shape, perm, plan) if strides == [1, 1] else None
+    if packed is None:
+        packed = _pack_activation(ctx, x, shape, perm, plan.kp, plan.np_, plan.nb)
+    args: list[relax.Expr] = [relax.const(wk), packed]
     s_known = ctx.const(act.scale)
     if s_known is not None:
         args.append(relax.const((w_scale * np.float32(s_known.reshape(-1)[0])).astype(np.float32)))
