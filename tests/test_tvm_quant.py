@@ -277,7 +277,9 @@ def _quant_convs(batch: int, act_dtype: int, amax: int = 63) -> ir.Model:
 @pytest.mark.parametrize(("batch", "act_dtype"), [(1, U8), (1, I8), (2, I8)])
 def test_quantized_pointwise_convs_run_as_integer_gemms(batch: int, act_dtype: int) -> None:
     model = _quant_convs(batch, act_dtype)
-    assert _qkernels(model) == ["s8u8", "s8u8"]  # the two 1x1 convs; the 3x3 conv stays float
+    kinds = _qkernels(model)
+    assert [k for k in kinds if k != "pack"] == ["s8u8", "s8u8"]  # the two 1x1 convs; the 3x3 conv stays float
+    assert kinds.count("pack") == (batch == 1)  # quantize fused with the packing (batch 1, stride 1)
     x = np.random.default_rng(12).standard_normal((batch, 13, 5, 7)).astype(np.float32) * 2
     h, _, _ = _check(model, {"x": x}, rtol=2e-5)
     assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()  # the fused Clip ran
@@ -319,6 +321,19 @@ def test_quantized_mlp_builds_for_cuda() -> None:
 
     lib = compile_cuda(_quant_mlp(127))
     assert any("qgemm" in name for name in lib.kernel_names())
+    conv = compile_cuda(_quant_convs(1, U8))
+    assert any("qconv_pack" in name for name in conv.kernel_names())
+
+
+def test_generic_x86_target_runs_the_integer_pointwise_conv() -> None:
+    import tvm
+
+    model = _quant_convs(1, U8)
+    x = np.random.default_rng(14).standard_normal((1, 13, 5, 7)).astype(np.float32)
+    got = build(model, tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}), num_threads=2).run({"x": x})
+    ref = run(model, {"x": x})
+    for g, name in zip(got, ("h", "y", "z"), strict=True):
+        np.testing.assert_allclose(g, ref[name], rtol=2e-5, atol=2e-5 * float(np.abs(ref[name]).max()))
 
 
 def test_quantized_mlp_matches_reference_on_arm_under_qemu() -> None:

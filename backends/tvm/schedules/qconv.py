@@ -13,7 +13,10 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, te, tirx
 
-from backends.tvm.schedules.qgemm import QGemmPlan
+from backends.tvm.schedules.qgemm import QKERNEL_ATTR, QGemmPlan
+
+PACK_KIND = "pack"
+"""``cacc.qkernel`` value of the quantize-and-pack prologue."""
 
 _VEC = 8
 
@@ -21,7 +24,7 @@ _VEC = 8
 def quant_pack_func(
     plan: QGemmPlan, channels: int, pixels: int, scale: float, zero: int, qmin: int, qmax: int, shift: int
 ) -> tirx.PrimFunc:
-    """PrimFunc ``(x[channels, pixels] f32, packed[Np/nb, Kp/4, nb] u32)``, already scheduled."""
+    """PrimFunc ``(x[channels, pixels] f32, packed[Np/nb, Kp/4, nb] u32)``."""
     nb = plan.nb
     x = te.placeholder((channels, pixels), "float32", name="x")
     s = tirx.const(scale, "float32")
@@ -42,13 +45,18 @@ def quant_pack_func(
         return out
 
     packed = te.compute((plan.np_ // nb, plan.kp // 4, nb), pack, name="packed")
-    func = te.create_prim_func([x, packed])
+    # opaque (never fused); scheduled by schedule_qgemm -> schedule_quant_pack on CPUs, generic rules on GPUs
+    return te.create_prim_func([x, packed]).with_attr(QKERNEL_ATTR, PACK_KIND).with_attr("op_pattern", 8)
+
+
+def schedule_quant_pack(func: tirx.PrimFunc) -> s_tir.Schedule:
+    """Panels in parallel, 8 pixels (one int32 vector) per step."""
     sch = s_tir.Schedule(func)
     jo, _ko, ji = sch.get_loops(sch.get_sblock("packed"))
     sch.parallel(jo)
     _jv, jl = sch.split(ji, factors=[None, _VEC])
     sch.vectorize(jl)
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)  # never fused
+    return sch
 
 
-__all__ = ["quant_pack_func", "tvm"]
+__all__ = ["PACK_KIND", "quant_pack_func", "schedule_quant_pack", "tvm"]

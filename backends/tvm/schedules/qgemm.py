@@ -373,6 +373,10 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     tile is allocated once per panel.
     """
     kind = str(func.attrs[QKERNEL_ATTR])
+    if kind not in _KINDS:  # the integer conv's quantize-and-pack prologue
+        from backends.tvm.schedules.qconv import schedule_quant_pack
+
+        return schedule_quant_pack(func)
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     out = sch.get_sblock("out")
