@@ -56,9 +56,9 @@ class GemmPlan:
         return ceil_to(self.n, self.nb)
 
 
-def plan_gemm(batch: int, m: int, k: int, n: int, cfg: TileConfig) -> GemmPlan:
-    """Choose the register tile for a GEMM."""
-    mr, nb = pick_tile(m, n, cfg)
+def plan_gemm(batch: int, m: int, k: int, n: int, cfg: TileConfig, tile: tuple[int, int] | None = None) -> GemmPlan:
+    """Choose the register tile for a GEMM (``tile``: an explicit ``(mr, nb)``)."""
+    mr, nb = tile if tile is not None else pick_tile(m, n, cfg)
     return GemmPlan(batch, m, k, n, mr, nb)
 
 
