@@ -161,7 +161,7 @@ def test_tile_search_records_every_candidate_and_resumes(tile_dir: Path) -> None
     records = read_records(tile_dir / "records.jsonl")
     assert {r.workload for r in records} == {wl.workload}
     assert {tile_json(r.tile) for r in records if r.tile} == {tile_json(t) for t in wl.candidates}
-    assert len(records) == len(wl.candidates) + 2  # the two fastest are timed twice
+    assert len(records) == len(wl.candidates)
     assert all(r.run_secs for r in records), "a candidate tile failed to build or run"
     again = tune_kernels(_dense_model(), host_target(2), TuningDatabase(tile_dir), progress=False)
     assert again.trials == 0

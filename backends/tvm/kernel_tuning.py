@@ -74,25 +74,41 @@ def collect_kernels(model: ir.Model, target: tvm.target.Target) -> list[KernelWo
     return sorted(collector.workloads.values(), key=lambda wl: -collector.counts[wl.key])
 
 
-def measure_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target, *, min_ms: float = 20.0) -> float:
-    """Seconds one run of the scheduled ``func`` takes (best of 5 timings of >= ``min_ms`` each, random inputs)."""
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+class BuiltKernel:
+    """A scheduled, compiled kernel with random arguments, ready to be timed."""
 
+    def __init__(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> None:
+        from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+        with target:
+            sch = schedule_tiled(func, target_lanes(target).lanes)
+        self.rt_mod = tvm.tirx.build(sch.mod, target=target)
+        self.dev = tvm.cpu(0)
+        rng = np.random.default_rng(0)
+        self.args = [
+            tvm.runtime.tensor(rng.standard_normal([int(d) for d in a.shape]).astype(str(a.dtype)), self.dev)
+            for a in ArgInfo.from_prim_func(func)
+        ]
+
+    def time(self, runs: int = 15) -> float:
+        """The fastest of ``runs`` single runs, in seconds (single runs: on a shared machine the
+        fastest is the one no other process interrupted)."""
+        evaluator = self.rt_mod.time_evaluator(self.rt_mod.entry_name, self.dev, number=1, repeat=runs)
+        return float(min(evaluator(*self.args).results))
+
+
+def measure_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target, *, rounds: int = 3) -> float:
+    """Seconds one run of the scheduled ``func`` takes on ``target`` (best of ``rounds`` timings)."""
+    _pool_for(target)
+    kernel = BuiltKernel(func, target)
+    return min(kernel.time() for _ in range(rounds))
+
+
+def _pool_for(target: tvm.target.Target) -> None:
     from backends.tvm.runtime import set_num_threads
 
     cores = target.attrs.get("num-cores")
     set_num_threads(int(cores) if cores else None)
-    with target:
-        sch = schedule_tiled(func, target_lanes(target).lanes)
-    rt_mod = tvm.tirx.build(sch.mod, target=target)
-    dev = tvm.cpu(0)
-    rng = np.random.default_rng(0)
-    args = []
-    for info in ArgInfo.from_prim_func(func):
-        shape = [int(d) for d in info.shape]
-        args.append(tvm.runtime.tensor(rng.standard_normal(shape).astype(str(info.dtype)), dev))
-    evaluator = rt_mod.time_evaluator(rt_mod.entry_name, dev, number=1, repeat=5, min_repeat_ms=int(min_ms))
-    return float(min(evaluator(*args).results))
 
 
 def _unmeasured(db: TuningDatabase, wl: KernelWorkload, key: str) -> list[Tile]:
@@ -100,26 +116,31 @@ def _unmeasured(db: TuningDatabase, wl: KernelWorkload, key: str) -> list[Tile]:
     return [t for t in wl.candidates if tile_json(t) not in have]
 
 
-def _fastest(db: TuningDatabase, wl: KernelWorkload, key: str, count: int) -> list[Tile]:
-    best: dict[str, float] = {}
-    for r in db.for_workload(wl.workload, key):
-        if r.tile is not None and r.run_secs:
-            k = tile_json(r.tile)
-            best[k] = min(best.get(k, math.inf), r.latency)
-    known = {tile_json(t): t for t in wl.candidates}
-    return [known[k] for k in sorted(best, key=lambda k: best[k]) if k in known][:count]
-
-
-def _measure_into(db: TuningDatabase, wl: KernelWorkload, tile: Tile, target: tvm.target.Target, key: str) -> None:
-    """Time ``wl`` with ``tile`` and append the record (``run_secs`` None when it does not build or run)."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            secs: float | None = measure_kernel(wl.make(tile), target)
-    except BackendError:
-        raise
-    except Exception:  # a candidate that does not build counts as a failed trial
-        secs = None
-    db.append(Record(wl.workload, wl.key, key, (secs,) if secs is not None else None, _NO_TRACE, [], tile=tile))
+def _measure_workload(
+    db: TuningDatabase, wl: KernelWorkload, tiles: list[Tile], target: tvm.target.Target, key: str, rounds: int
+) -> None:
+    """Build every tile of ``wl``, time them in ``rounds`` interleaved rounds (a load burst from other
+    processes then hits all tiles alike) and append one record per tile with its best time."""
+    built: list[tuple[Tile, BuiltKernel | None]] = []
+    for tile in tiles:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                built.append((tile, BuiltKernel(wl.make(tile), target)))
+        except BackendError:
+            raise
+        except Exception:  # a candidate that does not build counts as a failed trial
+            built.append((tile, None))
+    best = [math.inf] * len(built)
+    for _ in range(rounds):
+        for i, (_tile, kernel) in enumerate(built):
+            if kernel is not None:
+                try:
+                    best[i] = min(best[i], kernel.time())
+                except Exception:
+                    built[i] = (built[i][0], None)
+    for (tile, kernel), secs in zip(built, best, strict=True):
+        run_secs = (secs,) if kernel is not None and math.isfinite(secs) else None
+        db.append(Record(wl.workload, wl.key, key, run_secs, _NO_TRACE, [], tile=tile))
 
 
 @dataclass
@@ -140,39 +161,35 @@ def tune_kernels(
     *,
     deadline: float = math.inf,
     progress: bool = True,
-    recheck: int = 2,
+    rounds: int = 3,
 ) -> KernelTuneSummary:
-    """Time every candidate tile of every hand kernel of ``model`` not yet measured in ``db``, then
-    the ``recheck`` fastest tiles of each such kernel once more.
+    """Time every candidate tile of every hand kernel of ``model`` not yet measured in ``db``
+    (``rounds`` interleaved timing rounds per kernel, see :func:`_measure_workload`).
 
-    ``deadline`` (``time.monotonic()`` seconds) stops the search early; what was measured is kept.
+    ``deadline`` (``time.monotonic()`` seconds) stops the search between kernels; what was measured is kept.
     """
     start = time.monotonic()
     key = target_key(target)
     workloads = collect_kernels(model, target)
     summary = KernelTuneSummary(kernels=len(workloads))
-    todo = [wl for wl in workloads if _unmeasured(db, wl, key)]
+    todo = [(wl, _unmeasured(db, wl, key)) for wl in workloads]
+    todo = [(wl, tiles) for wl, tiles in todo if tiles]
     if not todo:
         return summary
     from tqdm.auto import tqdm
 
-    total = sum(len(_unmeasured(db, wl, key)) + min(recheck, len(wl.candidates)) for wl in todo)
-    bar = tqdm(total=total, desc="tuning kernel tiles", unit="trial", disable=not progress, leave=True)
+    _pool_for(target)
+    bar = tqdm(total=sum(len(t) for _, t in todo), desc="tuning kernel tiles", unit="trial", disable=not progress)
     try:
-        for wl in todo:
-            # every candidate once, then the fastest few again: timings on a shared machine are noisy,
-            # and a tile's best (minimum) time is what counts
-            for rnd in range(2):
-                tiles = _unmeasured(db, wl, key) if rnd == 0 else _fastest(db, wl, key, recheck)
-                for tile in tiles:
-                    if time.monotonic() > deadline:
-                        summary.stopped_early = True
-                        return summary
-                    _measure_into(db, wl, tile, target, key)
-                    summary.trials += 1
-                    bar.update(1)
-                    bar.set_postfix_str(wl.key[:40])
+        for wl, tiles in todo:
+            if time.monotonic() > deadline:
+                summary.stopped_early = True
+                break
+            _measure_workload(db, wl, tiles, target, key, rounds)
+            summary.trials += len(tiles)
             summary.tuned.append(wl.key)
+            bar.update(len(tiles))
+            bar.set_postfix_str(wl.key[:40])
     finally:
         bar.close()
         summary.seconds = time.monotonic() - start
