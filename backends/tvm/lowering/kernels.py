@@ -225,10 +225,14 @@ def _emit_pointwise_conv(
             activation=activation,
             activation_params=activation_params,
             rows_outer=bool(t["rows_outer"]),
+            pack_rhs_panels=bool(t.get("pack", 0)),
         )
 
     key = f"pointwise_conv2d:n{n}:c{c}:co{co}:hw{hw}:lanes{cfg.lanes}"
-    tile = choose_tile(KernelWorkload(key, default, gemm_candidates(co, hw, cfg, default), make))
+    candidates = gemm_candidates(co, hw, cfg, default)
+    if hw <= 1024:  # small maps: also try packing the pixel panels (a strided row per channel otherwise)
+        candidates += [{**t, "pack": 1} for t in candidates[:6]]
+    tile = choose_tile(KernelWorkload(key, default, candidates, make))
     func = make(tile)
     args = [relax.const(pack_lhs(w.reshape(co, c), tile["mr"])), ctx.emit(R.reshape(x, [n, c, hw]))]
     if bias is not None:

@@ -84,6 +84,7 @@ def gemm_func(
     activation: str = "",
     activation_params: Sequence[float] = (),
     rows_outer: bool | None = None,
+    pack_rhs_panels: bool = False,
 ) -> tirx.PrimFunc:
     """PrimFunc ``(L, R[, bias], out)``: ``out[b] = act(L[b] @ R[b] + bias)``.
 
@@ -91,6 +92,8 @@ def gemm_func(
     ``[Np/nb, K, nb]`` (packed operands are shared by the batch). ``bias`` is ``""``,
     ``"col"`` (shape ``[N]``) or ``"row"`` (shape ``[M]``). ``rows_outer`` picks the tile loop
     order (row tiles outside column tiles); by default column tiles are outside when ``R`` is packed.
+    ``pack_rhs_panels`` copies a run-time ``R`` into contiguous ``K x nb`` column panels first (its
+    rows are then read as one stream instead of ``K`` strided cache lines per tile).
     """
     p = plan
     mr, nb = p.mr, p.nb
@@ -104,6 +107,15 @@ def gemm_func(
     if rhs_packed:
         rhs = te.placeholder((p.np_ // nb, p.k, nb), dtype, name="R")
         rval = lambda b, k, jo, ji: rhs[jo, k, ji]  # noqa: E731
+    elif pack_rhs_panels:
+        rhs = te.placeholder((p.batch, p.k, p.n), dtype, name="R")
+        zero = tirx.const(0, dtype)
+        panels = te.compute(
+            (p.batch, p.np_ // nb, p.k, nb),
+            lambda b, jo, k, ji: tirx.if_then_else(jo * nb + ji < p.n, rhs[b, k, jo * nb + ji], zero),
+            name="R_pack",
+        )
+        rval = lambda b, k, jo, ji: panels[b, jo, k, ji]  # noqa: E731
     else:
         rhs = te.placeholder((p.batch, p.k, p.n), dtype, name="R")
         rp = _pad2(rhs, p.k, p.np_, "R_pad")
