@@ -8,6 +8,7 @@ from passes import (
     decompose,
     fusion,
     identity_removal,
+    quantize_int4,  # noqa: F401  (low-bit weight-only quantization)
     shape_inference,
 )
 from passes.base import LayerRecord, Pass, PassContext, Property, available_passes, get_pass, register_pass
