@@ -1,6 +1,9 @@
 """Graph passes, one per file. Importing the package registers every built-in pass."""
 
 # Built-in passes: importing each module registers its pass.
+import passes.pack_matmulnbits
+import passes.quantize_int4
+import passes.quantize_ternary  # noqa: F401  (low-bit weights, issue 5)
 from passes import (
     batchnorm_folding,
     constant_folding,
@@ -8,7 +11,6 @@ from passes import (
     decompose,
     fusion,
     identity_removal,
-    quantize_int4,  # noqa: F401  (low-bit weight-only quantization)
     shape_inference,
 )
 from passes.base import LayerRecord, Pass, PassContext, Property, available_passes, get_pass, register_pass
