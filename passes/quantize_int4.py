@@ -15,7 +15,8 @@ otherwise the largest divisor of K <= group_size that is >= 16, else a partial l
 ``symmetric``, ``method`` ("rtn" | "gptq", GPTQ needs calibration data), ``act_order``,
 ``damp``, ``block`` (GPTQ lazy-batch width), ``skip`` (node name globs), ``overrides`` (glob ->
 {bits, group_size, symmetric, method, outlier_fraction, skip}), ``outlier_fraction``,
-``embeddings``, ``samples`` (calibration samples used, 0 = all).
+``embeddings``, ``samples`` (calibration samples used, 0 = all), ``mask_padding`` (GPTQ Hessians
+skip padding tokens, read from an integer graph input named like ``*mask*``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from compiler.errors import PassError
 from passes._utils import Namer, add_initializer, constant, int_attr, is_onnx_op, node_label
 from passes.base import LayerRecord, Pass, register_pass
 from passes.quant.gptq import GroupQuantized, gptq, rtn, select_outliers
-from passes.quant.hessian import collect_hessians
+from passes.quant.hessian import collect_hessians, token_mask_input
 from passes.quant.layers import QuantLayer, find_layers, matches_any, quantize_weight_in_place, weight_bytes
 from passes.quant.scheme import QuantParams, quantize_weight
 
@@ -80,6 +81,7 @@ class WeightOnlyOptions:
     embeddings: bool = True
     op_types: list[str] = field(default_factory=lambda: ["MatMul", "Gemm", "Conv"])
     samples: int = 0
+    mask_padding: bool = True
 
     def __post_init__(self) -> None:
         self.defaults().validate()
@@ -292,7 +294,8 @@ class QuantizeWeightOnly(Pass):
             feeds = list(self.calibration_feeds(minimum=1))
             if opts.samples > 0:
                 feeds = feeds[: opts.samples]
-            hessians = collect_hessians(model, wants, feeds)
+            mask = token_mask_input(model) if opts.mask_padding else None
+            hessians = collect_hessians(model, wants, feeds, mask)
         namer = Namer(model.graph)
         modified = False
         for layer in layers:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 from passes.quant import find_layers
 from passes.quant.gptq import gptq, rtn, select_outliers
-from passes.quant.hessian import collect_hessians
+from passes.quant.hessian import collect_hessians, token_mask_input
 from tests.helpers import make_model, tensor, to_ir
 
 
@@ -81,3 +81,17 @@ def test_collect_hessians_matches_inputs() -> None:
     r_all = np.maximum(x_all @ w1, 0)
     np.testing.assert_allclose(hs["mm"], 2 * x_all.T @ x_all / 12, rtol=1e-5)
     np.testing.assert_allclose(hs["gemm"], 2 * r_all.T @ r_all / 12, rtol=1e-4, atol=1e-6)
+
+
+def test_hessian_skips_masked_tokens() -> None:
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    inputs = [tensor("x", [1, 5, 8]), tensor("attention_mask", [1, 5], TensorProto.INT64)]
+    model = to_ir(make_model(nodes, inputs, [tensor("y", [1, 5, 4])], [("w", w)]))
+    assert token_mask_input(model) == "attention_mask"
+    x = rng.standard_normal((1, 5, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0]])
+    h = collect_hessians(model, find_layers(model), [{"x": x, "attention_mask": mask}], "attention_mask")["mm"]
+    real = x[0, :3].astype(np.float64)
+    np.testing.assert_allclose(h, 2 * real.T @ real / 3, rtol=1e-5)

@@ -20,9 +20,12 @@ class HessianAccumulator:
         self.sum = np.zeros((k, k))
         self.rows = 0
 
-    def add(self, x: np.ndarray) -> None:
-        """Add the vectors of ``x`` (any leading shape, last axis K)."""
+    def add(self, x: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Add the vectors of ``x`` (any leading shape, last axis K); only those where ``rows``
+        (a mask with one entry per vector) is nonzero, when it has that many entries."""
         flat = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+        if rows is not None and rows.size == flat.shape[0]:
+            flat = flat[rows.reshape(-1) != 0]
         self.sum += flat.T @ flat
         self.rows += flat.shape[0]
 
@@ -36,10 +39,26 @@ def _input_size(layer: QuantLayer) -> int:
     return int(layer.weight_array().shape[layer.reduce_axis])
 
 
+def token_mask_input(model: ir.Model) -> str | None:
+    """The graph input that masks padding tokens (an integer/bool input whose name contains
+    "mask", e.g. a transformer's ``attention_mask``), if any."""
+    for v in model.graph.inputs:
+        if v.name and "mask" in v.name.lower() and v.dtype is not None and v.dtype.numpy().kind in "iub":
+            return v.name
+    return None
+
+
 def collect_hessians(
-    model: ir.Model, layers: Sequence[QuantLayer], feeds: Sequence[Mapping[str, np.ndarray]]
+    model: ir.Model,
+    layers: Sequence[QuantLayer],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    mask_input: str | None = None,
 ) -> dict[str, np.ndarray]:
     """``{layer name: H}`` for the MatMul / Gemm ``layers`` over the calibration ``feeds``.
+
+    With ``mask_input`` (a graph input such as ``attention_mask [batch, seq]``), a layer input
+    with one vector per token only contributes the vectors of unmasked tokens: padding tokens
+    would otherwise dominate the Hessian of short, padded sequences.
 
     Conv layers are skipped (their input vectors would be im2col patches). The model is run
     once per sample by the reference interpreter; inputs shared by several layers are
@@ -59,14 +78,17 @@ def collect_hessians(
     interpreter = Interpreter(model)
     graph_inputs = {v.name: v for v in model.graph.inputs if v in by_value}
 
+    rows: list[np.ndarray | None] = [None]
+
     def hook(node: ir.Node, outputs: list[np.ndarray]) -> None:
         for value, arr in zip(node.outputs, outputs):
             acc = by_value.get(value)
             if acc is not None:
-                acc.add(arr)
+                acc.add(arr, rows[0])
 
     for sample in feeds:
+        rows[0] = np.asarray(sample[mask_input]) if mask_input is not None else None
         for name, value in graph_inputs.items():
-            by_value[value].add(np.asarray(sample[name or ""]))
+            by_value[value].add(np.asarray(sample[name or ""]), rows[0])
         interpreter.run(sample, hook=hook)
     return {name: by_value[value].hessian for name, value in owner.items()}
