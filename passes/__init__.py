@@ -1,6 +1,9 @@
 """Graph passes, one per file. Importing the package registers every built-in pass."""
 
 # Built-in passes: importing each module registers its pass.
+import passes.pack_matmulnbits
+import passes.quantize_int4
+import passes.quantize_ternary  # noqa: F401  (low-bit weights, issue 5)
 from passes import (
     batchnorm_folding,
     constant_folding,
