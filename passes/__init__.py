@@ -8,6 +8,8 @@ from passes import (
     decompose,
     fusion,
     identity_removal,
+    quantize_dynamic,
+    quantize_int8,
     shape_inference,
 )
 from passes.base import LayerRecord, Pass, PassContext, Property, available_passes, get_pass, register_pass
@@ -32,6 +34,8 @@ __all__ = [
     "fusion",
     "get_pass",
     "identity_removal",
+    "quantize_dynamic",
+    "quantize_int8",
     "register_pass",
     "shape_inference",
 ]
