@@ -11,6 +11,7 @@ from passes import (
     quantize_dynamic,
     quantize_int8,
     shape_inference,
+    smoothquant,
 )
 from passes.base import LayerRecord, Pass, PassContext, Property, available_passes, get_pass, register_pass
 from passes.decompose import decompose_cacc_ops
@@ -38,4 +39,5 @@ __all__ = [
     "quantize_int8",
     "register_pass",
     "shape_inference",
+    "smoothquant",
 ]

@@ -128,7 +128,7 @@ class TensorObserver:
         centers = (edges[:-1] + edges[1:]) / 2
         keep = counts > 0
         centers, counts = centers[keep], counts[keep]
-        fractions = np.linspace(0.02, 1.0, 50)
+        fractions = np.geomspace(1e-3, 1.0, 100 if symmetric else 40)  # heavy tails want small fractions
         if symmetric:
             amax = max(-self.min, self.max)
             his = amax * fractions
