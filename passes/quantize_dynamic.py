@@ -191,6 +191,7 @@ class QuantizeDynamicPass(Pass):
                 )
             else:
                 chosen.append(layer)
+        order = {layer.name: i for i, layer in enumerate(find_layers(model, opts.op_types))}
         records = quantize_dynamic_layers(model, chosen, opts, reduce_range=reduce_range)
-        self.context.layers.extend(kept + records)
+        self.context.layers.extend(sorted(kept + records, key=lambda r: order.get(r.node, len(order))))
         return ir.passes.PassResult(model, bool(records))

@@ -146,7 +146,7 @@ class SmoothQuantPass(Pass):
         groups: dict[str, list[QuantLayer]] = {}
         for layer in find_layers(model, ["MatMul"], skip=opts.skip):
             x = layer.activation
-            if x is not None and x.name and constant(x) is None and (rank(x) or 0) >= 2:
+            if x is not None and x.name and constant(x) is None and (rank(x) or 2) >= 2:
                 groups.setdefault(x.name, []).append(layer)
         if not groups:
             return ir.passes.PassResult(model, False)
