@@ -69,6 +69,7 @@ class Int8Options:
     min_weight_elements: int = 128  #: smaller weights stay in float (no gain from int8)
     quantize_outputs: bool = True  #: output Q/DQ where an integer kernel needs it (see module doc)
     progress: bool | None = None  #: calibration progress bar (None: only on a terminal)
+    embeddings: bool = True  #: int8 per-row tables for Gather of a constant 2-D table (weight-only)
     #: 7-bit weights ([-64, 63], stored as int8): ONNX Runtime's u8s8 kernels on x86 without VNNI add pairs of
     #: uint8 x int8 products in int16 with saturation, which full-range weights overflow. None: on for target onnx.
     reduce_range: bool | None = None
@@ -367,6 +368,48 @@ def quantize_layers(
     return records
 
 
+def quantize_embeddings(model: ir.Model, opts: Int8Options, pass_name: str = "quantize_int8") -> list[LayerRecord]:
+    """Weight-only int8 for embedding tables: ``Gather(table, ids)`` with a constant float 2-D table becomes
+    ``Gather(table_int8, ids) -> Cast -> Mul(Gather(row_scales, ids))`` (per-row symmetric scales), which
+    reads only the gathered rows at run time (a ``DequantizeLinear`` of the table would expand all of it)."""
+    graph = model.graph
+    namer = Namer(graph)
+    records = []
+    for node in list(graph):
+        if not is_onnx_op(node, "Gather") or int(attr(node, "axis", 0)) != 0 or len(node.inputs) != 2:
+            continue
+        table, ids = constant(node.inputs[0]), node.inputs[1]
+        label = node_label(node)
+        if table is None or table.ndim != 2 or table.dtype != np.float32 or ids is None:
+            continue
+        if matches_any(label, opts.skip) or layer_settings(label, opts) is None:
+            continue
+        if table.size < opts.min_weight_elements:
+            continue
+        q, params = quantize_weight(table, 0, 1, 8, symmetric=True)
+        base = node.inputs[0].name or label  # type: ignore[union-attr]
+        q_value = add_initializer(graph, namer(f"{base}_q"), q.astype(np.int8))
+        s_value = add_initializer(graph, namer(f"{base}_row_scale"), params.scale.reshape(-1, 1).astype(np.float32))
+        gq = ir.Node("", "Gather", [q_value, ids], [ir.AttrInt64("axis", 0)], name=label, num_outputs=1)
+        gq.outputs[0].name = namer(f"{base}_rows_q")
+        cast = ir.Node("", "Cast", gq.outputs, [ir.AttrInt64("to", ir.DataType.FLOAT)], name=namer(f"{label}/cast"))
+        cast.outputs[0].name = namer(f"{base}_rows")
+        gs = ir.Node("", "Gather", [s_value, ids], [ir.AttrInt64("axis", 0)], name=namer(f"{label}/scales"))
+        gs.outputs[0].name = namer(f"{base}_rows_scale")
+        mul = ir.Node("", "Mul", [cast.outputs[0], gs.outputs[0]], name=namer(f"{label}/dequantize"))
+        graph.insert_before(node, [gq, cast, gs, mul])
+        old = node.inputs[0]
+        take_over(node.outputs[0], mul.outputs[0], namer)
+        graph.remove(node, safe=True)
+        if old is not None and not old.uses() and old.name in graph.initializers and not old.is_graph_output():
+            del graph.initializers[old.name]  # type: ignore[arg-type]
+        records.append(
+            LayerRecord(label, "Gather", pass_name, "int8 weight-only (per-row table)", 8, None,
+                        bytes_before=table.nbytes, bytes_after=q.size + params.scale.nbytes)
+        )  # fmt: skip
+    return records
+
+
 @register_pass
 class QuantizeInt8Pass(Pass):
     """Static int8 PTQ: per-channel int8 weights, calibrated per-tensor activations."""
@@ -386,5 +429,7 @@ class QuantizeInt8Pass(Pass):
         stats = calibrate(model, layers, feeds, opts)
         order = {layer.name: i for i, layer in enumerate(find_layers(model, opts.op_types))}
         records = quantize_layers(model, layers, stats, opts, pass_name=self.name)
+        if opts.embeddings:
+            records += quantize_embeddings(model, opts, self.name)
         self.context.layers.extend(sorted(kept + records, key=lambda r: order.get(r.node, len(order))))
         return ir.passes.PassResult(model, bool(records))

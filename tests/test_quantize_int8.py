@@ -194,3 +194,25 @@ def test_quantize_layers_on_a_subset_reuses_statistics() -> None:
         assert quantized == {keep}
         errors.append(float(np.abs(run(clone, {"x": x})["y"] - full).max()))
     assert all(0 < e < 0.05 * np.abs(full).max() for e in errors), errors
+
+
+def test_embedding_tables_become_int8_rows() -> None:
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((500, 64)).astype(np.float32)
+    w = rng.standard_normal((64, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "w"], ["y"], name="proj"),
+    ]
+    proto = make_model(
+        nodes, [tensor("ids", [1, 6], onnx.TensorProto.INT64)], [tensor("y", [1, 6, 8])], [("table", table), ("w", w)]
+    )
+    ids = np.array([[0, 5, 499, 17, 5, 42]], np.int64)
+    cm = compiler.compile(proto, target="onnx", passes=["quantize_int8"], calibration=[(ids,)], measure=False)
+    record = next(r for r in cm.report.layers if r.node == "embed")
+    assert record.action == "int8 weight-only (per-row table)" and record.bytes_after < record.bytes_before / 3.5
+    rows = run(cm.ir, {"ids": ids}, keep=["table_rows"])
+    scale = np.abs(table).max(axis=1, keepdims=True) / 127
+    expected = np.rint(table / scale)[ids[0]] * scale[ids[0]]
+    np.testing.assert_allclose(rows["table_rows"].reshape(6, 64) * scale[ids[0]], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cm(ids), rows["y"], rtol=1e-5, atol=1e-4)
