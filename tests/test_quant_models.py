@@ -15,7 +15,9 @@ from backends.onnx import to_standard_onnx
 pytestmark = pytest.mark.models
 
 
-def _compile_int8(name: str, passes: list[str], options: dict | None = None) -> tuple[models.ModelSpec, compiler.CompiledModel]:
+def _compile_int8(
+    name: str, passes: list[str], options: dict | None = None
+) -> tuple[models.ModelSpec, compiler.CompiledModel]:
     spec = models.get(name)
     cm = compiler.compile(
         spec.module,
