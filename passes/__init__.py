@@ -11,7 +11,10 @@ from passes import (
     decompose,
     fusion,
     identity_removal,
+    quantize_dynamic,
+    quantize_int8,
     shape_inference,
+    smoothquant,
 )
 from passes.base import LayerRecord, Pass, PassContext, Property, available_passes, get_pass, register_pass
 from passes.decompose import decompose_cacc_ops
@@ -35,6 +38,9 @@ __all__ = [
     "fusion",
     "get_pass",
     "identity_removal",
+    "quantize_dynamic",
+    "quantize_int8",
     "register_pass",
     "shape_inference",
+    "smoothquant",
 ]
