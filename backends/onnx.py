@@ -16,19 +16,28 @@ from compiler.ir.ops.registry import CACC_DOMAIN
 
 # Protobuf cannot serialize a message over 2 GiB; larger models need external data.
 _PROTO_LIMIT = 2**31 - 1
+#: ONNX Runtime's contrib-op domain (e.g. ``MatMulNBits``), which exported models may use.
+ORT_DOMAIN = "com.microsoft"
 
 
-def to_standard_onnx(model: ir.Model) -> onnx.ModelProto:
+def to_standard_onnx(model: ir.Model, *, pack_int4: bool = False) -> onnx.ModelProto:
     """A standard ONNX ``ModelProto`` for ``model`` (not modified): cacc ops are decomposed
     into standard ops, the cacc opset import is dropped, and the result passes
-    ``onnx.checker`` with ``full_check=True``."""
+    ``onnx.checker`` with ``full_check=True``. ONNX Runtime's ``com.microsoft`` ops are kept;
+    ``pack_int4`` rewrites blocked int4 ``DequantizeLinear -> MatMul`` into ORT's
+    ``com.microsoft::MatMulNBits`` (the ``pack_matmulnbits`` pass)."""
     from passes.decompose import decompose_cacc_ops
 
-    work = model.clone() if any(n.domain == CACC_DOMAIN for n in model.graph) else model
+    has_int4 = pack_int4 and any(n.op_type == "DequantizeLinear" for n in model.graph)
+    work = model.clone() if has_int4 or any(n.domain == CACC_DOMAIN for n in model.graph) else model
     if work is not model:
         decompose_cacc_ops(work)
         work.opset_imports.pop(CACC_DOMAIN, None)
-    leftover = sorted({n.op_type for n in work.graph if n.domain not in ("", "ai.onnx")})
+    if has_int4:
+        from passes.pack_matmulnbits import PackMatMulNBits
+
+        PackMatMulNBits()(work)
+    leftover = sorted({n.op_type for n in work.graph if n.domain not in ("", "ai.onnx", ORT_DOMAIN)})
     if leftover:
         raise BackendError(f"cannot export non-standard ops to ONNX: {', '.join(leftover)}")
     proto = ir.to_proto(work)
@@ -39,9 +48,10 @@ def to_standard_onnx(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
-def export_onnx(model: ir.Model, path: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a standard ONNX file at ``path`` and return the path."""
-    proto = to_standard_onnx(model)
+def export_onnx(model: ir.Model, path: str | os.PathLike[str], *, pack_int4: bool = False) -> Path:
+    """Write ``model`` as a standard ONNX file at ``path`` and return the path (``pack_int4``: see
+    :func:`to_standard_onnx`)."""
+    proto = to_standard_onnx(model, pack_int4=pack_int4)
     out = Path(path)
     if proto.ByteSize() > _PROTO_LIMIT:
         raise BackendError("model is larger than 2 GiB; external-data export is not supported yet", path=str(out))
@@ -93,5 +103,5 @@ class OnnxBackend(Backend):
     name = "onnx"
 
     def build(self, model: ir.Model, options: BuildOptions) -> Executable:
-        """Export to standard ONNX and open an ORT session."""
-        return OrtExecutable(to_standard_onnx(model), options.num_threads)
+        """Export to standard ONNX (blocked int4 MatMul weights as ORT's MatMulNBits) and open an ORT session."""
+        return OrtExecutable(to_standard_onnx(model, pack_int4=True), options.num_threads)

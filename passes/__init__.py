@@ -1,6 +1,9 @@
 """Graph passes, one per file. Importing the package registers every built-in pass."""
 
 # Built-in passes: importing each module registers its pass.
+import passes.pack_matmulnbits
+import passes.quantize_int4
+import passes.quantize_ternary  # noqa: F401  (low-bit weights, issue 5)
 from passes import (
     batchnorm_folding,
     constant_folding,
@@ -8,7 +11,10 @@ from passes import (
     decompose,
     fusion,
     identity_removal,
+    quantize_dynamic,
+    quantize_int8,
     shape_inference,
+    smoothquant,
 )
 from passes.base import LayerRecord, Pass, PassContext, Property, available_passes, get_pass, register_pass
 from passes.decompose import decompose_cacc_ops
@@ -32,6 +38,9 @@ __all__ = [
     "fusion",
     "get_pass",
     "identity_removal",
+    "quantize_dynamic",
+    "quantize_int8",
     "register_pass",
     "shape_inference",
+    "smoothquant",
 ]

@@ -48,9 +48,14 @@ def test_benchmark_fmnist_json_and_png(tmp_path: Path, capsys: pytest.CaptureFix
     # fp32 engines agree with torch on the same items
     for engine in ("ORT fp32", "cacc x86"):
         assert rows[engine]["metric"]["accuracy"] == rows["torch eager"]["metric"]["accuracy"]
-    # no tuning database given: the tuned row is skipped with a reason, not a crash
-    assert rows["cacc x86 tuned"]["status"] == "skipped"
-    assert "tuning" in rows["cacc x86 tuned"]["reason"]
+    # shipped tile records exist for fmnist_cnn: the tuned row runs and computes the same function
+    assert rows["cacc x86 tuned"]["status"] == "ok", rows["cacc x86 tuned"]["reason"]
+    assert rows["cacc x86 tuned"]["metric"]["accuracy"] == rows["torch eager"]["metric"]["accuracy"]
+    # quantized rows: compressed, and still a working classifier on the same items
+    for engine in ("cacc int8 ONNX->ORT", "cacc x86 int8"):
+        assert rows[engine]["status"] == "ok", rows[engine]["reason"]
+        assert rows[engine]["size_bytes"] < rows["cacc x86"]["size_bytes"] / 2
+        assert abs(rows[engine]["metric"]["accuracy"] - rows["torch eager"]["metric"]["accuracy"]) <= 0.25
     table = capsys.readouterr().out
     assert "cacc x86" in table and "ORT fp32" in table
 

@@ -139,3 +139,48 @@ def test_tile_choice_fits_registers() -> None:
         mr, nb = pick_tile(rows, cols, cfg)
         assert nb % cfg.lanes == 0
         assert mr * nb // cfg.lanes <= cfg.registers - 3
+
+
+class _ForceTile:
+    """A tile source choosing each kernel's ``index``-th candidate (wrapping around); records the kernels."""
+
+    def __init__(self, index: int) -> None:
+        self.index, self.seen = index, {}  # type: ignore[var-annotated]
+
+    def lookup(self, wl: Any) -> Any:
+        self.seen[wl.key] = len(wl.candidates)
+        return wl.candidates[self.index % len(wl.candidates)]
+
+
+def test_every_candidate_tile_matches_the_reference() -> None:
+    """Each kernel's candidate tiles (register tile, loop order, per-tile padding) compute the same values."""
+    from backends.tvm.schedules.choice import tile_source
+    from compiler.ir import run as reference
+
+    a, w = rand(13, 24, seed=30), rand(24, 19, seed=31)
+    b = rand(13, 7, seed=36)
+    x = rand(1, 3, 15, 14, seed=32)
+    cw, dw, dw2, pw = rand(8, 3, 3, 3, seed=33), rand(8, 1, 3, 3, seed=34), rand(8, 1, 5, 5, seed=37), rand(5, 8, 1, 1)
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["y"]),
+        helper.make_node("Transpose", ["b"], ["bt"]),
+        helper.make_node("MatMul", ["bt", "a"], ["z"]),
+        helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 0, 1, 1], strides=[2, 1]),
+        helper.make_node("Conv", ["c", "dw"], ["d"], group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["d", "dw2"], ["e"], group=8, pads=[2, 2, 2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["e", "pw"], ["p"]),
+    ]
+    inits = {"w": w, "cw": cw, "dw": dw, "dw2": dw2, "pw": pw}
+    feeds = {"a": a, "b": b, "x": x}
+    model = to_ir(make_model(nodes, feeds, ["y", "z", "p"], inits))
+    expected = reference(model, feeds)
+    first = _ForceTile(0)
+    with tile_source(first):
+        run_tvm(model, feeds)
+    kinds = {k.split(":")[0] for k in first.seen}
+    assert {"dense", "batch_matmul", "conv2d", "depthwise_conv2d", "pointwise_conv2d"} <= kinds, kinds
+    for index in range(1, max(first.seen.values())):
+        with tile_source(_ForceTile(index)):
+            got = run_tvm(model, feeds)
+        for name, value in zip(["y", "z", "p"], got, strict=True):
+            np.testing.assert_allclose(value, expected[name], atol=1e-4, rtol=1e-4, err_msg=f"{name} tile #{index}")

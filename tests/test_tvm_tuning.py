@@ -131,3 +131,66 @@ def test_shipped_file_is_read_only(tuned_dir: Path, tmp_path: Path) -> None:
     summary = tuning.tune_model(_model(), host_target(2), db, trials=8, progress=False)
     assert summary.trials == 0
     assert not (tmp_path / "cache" / "records.jsonl").exists()
+
+
+# -- hand-kernel tile search ------------------------------------------------------------------------
+
+A, W = rand(8, 16, seed=40), rand(16, 24, seed=41)
+
+
+def _dense_model():  # type: ignore[no-untyped-def]
+    return to_ir(make_model([helper.make_node("MatMul", ["a", "w"], ["y"])], {"a": A}, ["y"], {"w": W}))
+
+
+@pytest.fixture(scope="module")
+def tile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database holding the tile search of the dense kernel of :func:`_dense_model`."""
+    from backends.tvm.kernel_tuning import tune_kernels
+
+    d = tmp_path_factory.mktemp("tiles")
+    summary = tune_kernels(_dense_model(), host_target(2), TuningDatabase(d), progress=False)
+    assert summary.kernels == 1 and summary.trials >= 2
+    return d
+
+
+def test_tile_search_records_every_candidate_and_resumes(tile_dir: Path) -> None:
+    from backends.tvm.kernel_tuning import collect_kernels, tune_kernels
+    from backends.tvm.schedules.choice import tile_json
+
+    (wl,) = collect_kernels(_dense_model(), host_target(2))
+    records = read_records(tile_dir / "records.jsonl")
+    assert {r.workload for r in records} == {wl.workload}
+    assert {tile_json(r.tile) for r in records if r.tile} == {tile_json(t) for t in wl.candidates}
+    assert len(records) == len(wl.candidates)
+    assert all(r.run_secs for r in records), "a candidate tile failed to build or run"
+    again = tune_kernels(_dense_model(), host_target(2), TuningDatabase(tile_dir), progress=False)
+    assert again.trials == 0
+
+
+def test_compile_uses_the_fastest_recorded_tile(tile_dir: Path, tmp_path: Path) -> None:
+    """A record making a non-default tile the fastest is what the lowering picks (and it is exact)."""
+    import compiler
+    from backends.tvm.database import Record
+    from backends.tvm.kernel_tuning import DatabaseTiles, collect_kernels
+    from backends.tvm.schedules.choice import choose_tile, tile_json, tile_source
+
+    target = host_target(2)
+    (wl,) = collect_kernels(_dense_model(), target)
+    pick = wl.candidates[-1]
+    assert tile_json(pick) != tile_json(wl.default)
+    shutil.copy(tile_dir / "records.jsonl", tmp_path / "records.jsonl")
+    db = TuningDatabase(tmp_path)
+    db.append(Record(wl.workload, wl.key, target_key(target), (1e-12,), [[], []], [], tile=pick))
+    with tile_source(DatabaseTiles(TuningDatabase(tmp_path), target)):
+        assert choose_tile(wl) == pick
+    cm = compiler.compile(_dense_model(), target="x86", passes=[], num_threads=2, measure=False, tuning_db=tmp_path)
+    np.testing.assert_allclose(cm.run({"a": A})["y"], A @ W, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_tile_record_raises_serialization_error(tile_dir: Path, tmp_path: Path) -> None:
+    lines = (tile_dir / "records.jsonl").read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["tile"] = {"mr": "six"}
+    (tmp_path / "records.jsonl").write_text("\n".join([lines[0], json.dumps(rec)]) + "\n")
+    with pytest.raises(SerializationError, match=r"records.jsonl:2: 'tile'"):
+        read_records(tmp_path / "records.jsonl")

@@ -6,6 +6,10 @@ File format (``records.jsonl`` in the database directory, or any exported file):
     {"workload": "<structural hash>", "task": "fused_matmul_relu", "target": "llvm -mcpu=znver3",
      "run_secs": [1.2e-05, ...] | null, "trace": [[instructions], [decisions]], "args_info": [...]}
 
+A record of one of cacc's hand-written kernels (see :mod:`backends.tvm.schedules.choice`) has no
+MetaSchedule trace: ``"trace": [[], []], "args_info": []`` plus ``"tile": {"mr": 6, "nb": 16, ...}``,
+the knobs it was measured with; its workload is a hash of the kernel's description (kind and shapes).
+
 A record names its workload by the structural hash of the task's TIR module (the module itself is
 never stored or deserialized: it is re-derived from the model being compiled) and its target by
 :func:`target_key`. ``run_secs`` is ``null`` for a failed trial (it still counts toward a budget).
@@ -63,6 +67,7 @@ class Record:
     trace: Any
     args_info: Any
     source: str = ""  #: ``file:line`` it was read from (for error messages)
+    tile: dict[str, int] | None = None  #: a hand kernel's knobs (then ``trace`` is empty)
 
     @property
     def latency(self) -> float:
@@ -78,6 +83,7 @@ class Record:
             "run_secs": list(self.run_secs) if self.run_secs is not None else None,
             "trace": self.trace,
             "args_info": self.args_info,
+            **({"tile": self.tile} if self.tile is not None else {}),
         }
 
 
@@ -138,6 +144,12 @@ def parse_record(obj: Any, source: str) -> Record:
     ):
         raise SerializationError(f"{source}: 'run_secs' must be null or a non-empty list of seconds")
     problem = _check_trace(obj["trace"]) or _check_args_info(obj["args_info"])
+    tile = obj.get("tile")
+    if tile is not None and (
+        not isinstance(tile, dict)
+        or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in tile.items())
+    ):
+        problem = "'tile' must be an object of integer knobs"
     if problem:
         raise SerializationError(f"{source}: {problem}")
     return Record(
@@ -148,6 +160,7 @@ def parse_record(obj: Any, source: str) -> Record:
         obj["trace"],
         obj["args_info"],
         source,
+        dict(tile) if tile is not None else None,
     )
 
 
@@ -265,10 +278,10 @@ class TuningDatabase:
     def import_file(self, path: str | os.PathLike[str]) -> int:
         """Append the records of a cacc tuning file (validated first); returns how many were added."""
         incoming = read_records(path)
-        have = {(r.workload, r.target, json.dumps(r.trace)) for r in self.records}
+        have = {(r.workload, r.target, json.dumps(r.trace), json.dumps(r.tile)) for r in self.records}
         added = 0
         for r in incoming:
-            key = (r.workload, r.target, json.dumps(r.trace))
+            key = (r.workload, r.target, json.dumps(r.trace), json.dumps(r.tile))
             if key not in have:
                 self.append(r)
                 have.add(key)

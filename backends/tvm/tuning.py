@@ -87,12 +87,14 @@ def extract_tasks(fused: tvm.IRModule, target: tvm.target.Target) -> list[Task]:
 
 
 def _hand_scheduled(func: object) -> bool:
-    """Already scheduled, or one of cacc's register-tiled kernels (``cacc.kernel``), whose hand
-    schedule beats what a generic search finds in a practical budget: not a tuning task."""
+    """Already scheduled, or one of cacc's register-tiled kernels (``cacc.kernel``, integer
+    ``cacc.qkernel``), whose hand schedule beats what a generic search finds in a practical budget:
+    not a tuning task."""
+    from backends.tvm.schedules.qgemm import QKERNEL_ATTR
     from backends.tvm.schedules.tiled import KERNEL_ATTR
 
     attrs = getattr(func, "attrs", None)
-    return attrs is not None and ("tirx.is_scheduled" in attrs or KERNEL_ATTR in attrs)
+    return attrs is not None and any(a in attrs for a in ("tirx.is_scheduled", KERNEL_ATTR, QKERNEL_ATTR))
 
 
 def fused_module(model: ir.Model | tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -115,7 +117,8 @@ def tvm_database(db: TuningDatabase, tasks: Sequence[Task], target: tvm.target.T
     key = target_key(target)
     target_json = None
     for task in tasks:
-        records = sorted((r for r in db.for_workload(task.workload, key) if r.run_secs), key=lambda r: r.latency)
+        ok = (r for r in db.for_workload(task.workload, key) if r.run_secs and r.tile is None)
+        records = sorted(ok, key=lambda r: r.latency)
         if not records:
             continue
         workload = mdb.commit_workload(task.mod)
@@ -273,10 +276,13 @@ class TuneSummary:
     trials: int = 0  #: trials measured in this run
     seconds: float = 0.0
     stopped_early: bool = False  #: the minutes budget ran out
+    kernel_trials: int = 0  #: hand-kernel tile candidates measured in this run (not in ``trials``)
 
     def __str__(self) -> str:
-        return f"tuned {len(self.tuned)}/{self.tasks} tasks, {self.trials} new trials in {self.seconds:.1f} s" + (
-            " (time budget reached)" if self.stopped_early else ""
+        tiles = f", {self.kernel_trials} kernel tile trials" if self.kernel_trials else ""
+        return (
+            f"tuned {len(self.tuned)}/{self.tasks} tasks, {self.trials} new trials{tiles} in {self.seconds:.1f} s"
+            + (" (time budget reached)" if self.stopped_early else "")
         )
 
 
@@ -385,6 +391,21 @@ def tune_model(
     progress: bool = True,
     seed: int = 0,
 ) -> TuneSummary:
-    """Extract the kernels of ``model`` and tune them (see :func:`tune_tasks`)."""
+    """Tune the tiles of ``model``'s hand kernels (:func:`backends.tvm.kernel_tuning.tune_kernels`, a
+    small exhaustive search, capped only by ``minutes``), then its other kernels (see :func:`tune_tasks`)."""
+    from backends.tvm.kernel_tuning import tune_kernels
+
+    if trials < 0 or (minutes is not None and minutes <= 0):
+        raise BackendError(f"tuning budget must be positive (trials={trials}, minutes={minutes})")
+    start = time.monotonic()
+    deadline = start + minutes * 60 if minutes is not None else math.inf
+    kernels = tune_kernels(model, target, db, deadline=deadline, progress=progress)
+    left = None if minutes is None else minutes - (time.monotonic() - start) / 60
+    if left is not None and left <= 0:
+        return TuneSummary(seconds=time.monotonic() - start, stopped_early=True, kernel_trials=kernels.trials)
     tasks = extract_tasks(fused_module(model, target), target)
-    return tune_tasks(tasks, target, db, trials=trials, minutes=minutes, progress=progress, seed=seed)
+    summary = tune_tasks(tasks, target, db, trials=trials, minutes=left, progress=progress, seed=seed)
+    summary.kernel_trials = kernels.trials
+    summary.seconds = time.monotonic() - start
+    summary.stopped_early = summary.stopped_early or kernels.stopped_early
+    return summary

@@ -17,8 +17,10 @@ class X86Backend(Backend):
     name = "x86"
 
     def build(self, model: ir.Model, options: BuildOptions) -> Executable:
-        """Emit Relax, tune if asked, apply tuned then default CPU schedules, compile with LLVM, load."""
+        """Emit Relax (hand kernels with recorded tiles), tune if asked, apply tuned then default CPU
+        schedules, compile with LLVM, load."""
         from backends.tvm.database import open_database
+        from backends.tvm.kernel_tuning import database_tiles
 
         target = host_target(options.num_threads)
         tuning = bool(options.tune_trials or options.tune_minutes)
@@ -32,4 +34,5 @@ class X86Backend(Backend):
                 tune_model(model, target, database, trials=options.tune_trials, minutes=options.tune_minutes),
                 file=sys.stderr,
             )
-        return build(model, target, num_threads=options.num_threads, database=database)
+        with database_tiles(database, target):  # hand kernels use their fastest recorded tiles
+            return build(model, target, num_threads=options.num_threads, database=database)

@@ -13,10 +13,11 @@ import numpy as np
 from tvm import relax, tirx
 
 from backends.tvm.lowering.common import EmitContext
+from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile, conv_candidates, gemm_candidates
 from backends.tvm.schedules.conv import conv_func, pack_conv_weight, plan_conv
 from backends.tvm.schedules.epilogue import SUPPORTED
-from backends.tvm.schedules.gemm import GemmPlan, gemm_func, pack_lhs, pack_rhs, plan_gemm
-from backends.tvm.schedules.tiling import target_lanes
+from backends.tvm.schedules.gemm import GemmPlan, gemm_func, pack_lhs, pack_rhs
+from backends.tvm.schedules.tiling import pick_tile, target_lanes
 
 R = relax.op
 
@@ -57,17 +58,26 @@ def emit_dense(
     ):
         return None
     m, k, n = math.prod(shape[:-1]), w.shape[0], w.shape[1]
-    plan = plan_gemm(1, m, k, n, target_lanes())
-    func = gemm_func(
-        plan,
-        "float32",
-        lhs_packed=False,
-        rhs_packed=True,
-        bias="col" if bias is not None else "",
-        activation=activation,
-        activation_params=activation_params,
-    )
-    args = [ctx.emit(R.reshape(a, [1, m, k])), relax.const(pack_rhs(w, plan.nb))]
+    cfg = target_lanes()
+    mr, nb = pick_tile(m, n, cfg)
+    default = {"mr": mr, "nb": nb, "rows_outer": 0}
+
+    def make(t: Tile) -> tirx.PrimFunc:
+        return gemm_func(
+            GemmPlan(1, m, k, n, t["mr"], t["nb"]),
+            "float32",
+            lhs_packed=False,
+            rhs_packed=True,
+            bias="col" if bias is not None else "",
+            activation=activation,
+            activation_params=activation_params,
+            rows_outer=bool(t["rows_outer"]),
+        )
+
+    wl = KernelWorkload(f"dense:m{m}:k{k}:n{n}:lanes{cfg.lanes}", default, gemm_candidates(m, n, cfg, default), make)
+    tile = choose_tile(wl)
+    func = make(tile)
+    args = [ctx.emit(R.reshape(a, [1, m, k])), relax.const(pack_rhs(w, tile["nb"]))]
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
     y = call_kernel(ctx, func, "cacc_dense", args, [1, m, n], "float32")
@@ -89,8 +99,16 @@ def emit_batch_matmul(ctx: EmitContext, a: relax.Expr, b: relax.Expr) -> relax.E
     ):
         return None
     batch, m, k, n = math.prod(sa[:-2]), sa[-2], sa[-1], sb[-1]
-    plan = plan_gemm(batch, m, k, n, target_lanes())
-    func = gemm_func(plan, "float32", lhs_packed=False, rhs_packed=False)
+    cfg = target_lanes()
+    mr, nb = pick_tile(m, n, cfg)
+    default = {"mr": mr, "nb": nb, "rows_outer": 1}
+
+    def make(t: Tile) -> tirx.PrimFunc:
+        plan = GemmPlan(batch, m, k, n, t["mr"], t["nb"])
+        return gemm_func(plan, "float32", lhs_packed=False, rhs_packed=False, rows_outer=bool(t["rows_outer"]))
+
+    key = f"batch_matmul:b{batch}:m{m}:k{k}:n{n}:lanes{cfg.lanes}"
+    func = make(choose_tile(KernelWorkload(key, default, gemm_candidates(m, n, cfg, default), make)))
     args = [ctx.emit(R.reshape(a, [batch, m, k])), ctx.emit(R.reshape(b, [batch, k, n]))]
     y = call_kernel(ctx, func, "cacc_batch_matmul", args, [batch, m, n], "float32")
     return ctx.emit(R.reshape(y, [*sa[:-2], m, n]))
@@ -126,10 +144,30 @@ def emit_conv2d(
         return None
     if not depthwise and _pointwise_as_gemm(shape, w.shape, strides, pads):
         return _emit_pointwise_conv(ctx, x, shape, w, bias, activation, activation_params)
-    plan = plan_conv(shape, w.shape, strides, dilations, pads, depthwise, target_lanes())
-    if plan.oh < 1 or plan.ow < 1:
+    cfg = target_lanes()
+    base = plan_conv(shape, w.shape, strides, dilations, pads, depthwise, cfg)
+    if base.oh < 1 or base.ow < 1:
         return None
-    func = conv_func(plan, "float32", bias=bias is not None, activation=activation, activation_params=activation_params)
+    padded = any(int(v) for v in pads)
+    # measured on AVX2: stride-1 depthwise convs gain from padding per tile (the input stays in cache)
+    local = int(depthwise and padded and all(int(v) == 1 for v in strides))
+    default = {"mr": base.mr, "nb": base.nb, "local_pad": local}
+    rows = base.oh if depthwise else base.co
+    candidates = conv_candidates(rows, base.ow, cfg, default, 4 if depthwise else 8, padded)
+
+    def make(t: Tile) -> tirx.PrimFunc:
+        tile = (t["mr"], t["nb"])
+        p = plan_conv(shape, w.shape, strides, dilations, pads, depthwise, cfg, tile, bool(t["local_pad"]))
+        has_bias = bias is not None
+        return conv_func(p, "float32", bias=has_bias, activation=activation, activation_params=activation_params)
+
+    key = (
+        f"{'depthwise_' if depthwise else ''}conv2d:x{'x'.join(map(str, shape))}:w{'x'.join(map(str, w.shape))}"
+        f":s{'.'.join(map(str, strides))}:d{'.'.join(map(str, dilations))}:p{'.'.join(map(str, pads))}:lanes{cfg.lanes}"
+    )
+    tile = choose_tile(KernelWorkload(key, default, candidates, make))
+    plan = plan_conv(shape, w.shape, strides, dilations, pads, depthwise, cfg, (tile["mr"], tile["nb"]))
+    func = make(tile)
     args = [x, relax.const(pack_conv_weight(w, plan))]
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
@@ -175,18 +213,28 @@ def _emit_pointwise_conv(
     cfg = target_lanes()
     # two-vector column tiles and as many rows as fit: measured faster than pick_tile's wider,
     # shorter tiles here (the pixel rows of X are strided by H*W, one cache line per channel)
-    plan = GemmPlan(n, co, c, hw, mr=min(6, (cfg.registers - 3) // 2), nb=2 * cfg.lanes)
-    func = gemm_func(
-        plan,
-        "float32",
-        lhs_packed=True,
-        rhs_packed=False,
-        bias="row" if bias is not None else "",
-        activation=activation,
-        activation_params=activation_params,
-        rows_outer=False,
-    )
-    args = [relax.const(pack_lhs(w.reshape(co, c), plan.mr)), ctx.emit(R.reshape(x, [n, c, hw]))]
+    default = {"mr": min(6, (cfg.registers - 3) // 2), "nb": 2 * cfg.lanes, "rows_outer": 0}
+
+    def make(t: Tile) -> tirx.PrimFunc:
+        return gemm_func(
+            GemmPlan(n, co, c, hw, t["mr"], t["nb"]),
+            "float32",
+            lhs_packed=True,
+            rhs_packed=False,
+            bias="row" if bias is not None else "",
+            activation=activation,
+            activation_params=activation_params,
+            rows_outer=bool(t["rows_outer"]),
+            pack_rhs_panels=bool(t.get("pack", 0)),
+        )
+
+    key = f"pointwise_conv2d:n{n}:c{c}:co{co}:hw{hw}:lanes{cfg.lanes}"
+    candidates = gemm_candidates(co, hw, cfg, default)
+    if hw <= 1024:  # small maps: also try packing the pixel panels (a strided row per channel otherwise)
+        candidates += [{**t, "pack": 1} for t in candidates[:6]]
+    tile = choose_tile(KernelWorkload(key, default, candidates, make))
+    func = make(tile)
+    args = [relax.const(pack_lhs(w.reshape(co, c), tile["mr"])), ctx.emit(R.reshape(x, [n, c, hw]))]
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
     y = call_kernel(ctx, func, "cacc_pointwise_conv2d", args, [n, co, hw], "float32")

@@ -41,6 +41,12 @@ class ConvPlan:
     depthwise: bool
     mr: int
     nb: int
+    local_pad: bool = False  #: padding copy computed per parallel tile instead of in one pass
+
+
+def conv_tile_shape(oh: int, ow: int, co: int, depthwise: bool, cfg: TileConfig) -> tuple[int, int]:
+    """The default register tile ``(mr, nb)``: depthwise tiles rows x columns, dense tiles channels x columns."""
+    return pick_tile(oh, ow, cfg, max_rows=4) if depthwise else pick_tile(co, ow, cfg)
 
 
 def plan_conv(
@@ -51,16 +57,23 @@ def plan_conv(
     pads: Sequence[int],
     depthwise: bool,
     cfg: TileConfig,
+    tile: tuple[int, int] | None = None,
+    local_pad: bool = False,
 ) -> ConvPlan:
-    """Output size and register tile of a conv (``pads`` in ONNX order ``[t, l, b, r]``)."""
+    """Output size and register tile of a conv (``pads`` in ONNX order ``[t, l, b, r]``).
+
+    ``tile`` overrides the default ``(mr, nb)`` (:func:`conv_tile_shape`).
+    """
     n, c, h, w = (int(v) for v in x_shape)
     co, _, kh, kw = (int(v) for v in w_shape)
     sh, sw = int(strides[0]), int(strides[1])
     dh, dw = int(dilations[0]), int(dilations[1])
     oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
-    mr, nb = pick_tile(oh, ow, cfg, max_rows=4) if depthwise else pick_tile(co, ow, cfg)
-    return ConvPlan(n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, depthwise, mr, nb)
+    mr, nb = tile if tile is not None else conv_tile_shape(oh, ow, co, depthwise, cfg)
+    return ConvPlan(
+        n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, depthwise, mr, nb, local_pad
+    )
 
 
 def pack_conv_weight(w: np.ndarray, plan: ConvPlan) -> np.ndarray:
@@ -136,7 +149,7 @@ def conv_func(
             name="acc",
         )
         at = lambda n, c, y, xx: acc(n, c, y // mr, y % mr, xx // nb, xx % nb)  # noqa: E731
-        attr = tile_attr(3, 5, "0.1.2.4")
+        attr = tile_attr(3, 5, "0.1.2.4", local_pad=p.local_pad)
     else:
         read = _input_reader(x, p, p.oh, ow_p)
         cop = ceil_to(p.co, mr)
@@ -152,7 +165,7 @@ def conv_func(
             name="acc",
         )
         at = lambda n, c, y, xx: acc(n, c // mr, c % mr, y, xx // nb, xx % nb)  # noqa: E731
-        attr = tile_attr(2, 5, "0.3.1.4")
+        attr = tile_attr(2, 5, "0.3.1.4", local_pad=p.local_pad)
     args = [x, wt]
     bias_t = None
     if bias:

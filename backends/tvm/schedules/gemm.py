@@ -56,9 +56,9 @@ class GemmPlan:
         return ceil_to(self.n, self.nb)
 
 
-def plan_gemm(batch: int, m: int, k: int, n: int, cfg: TileConfig) -> GemmPlan:
-    """Choose the register tile for a GEMM."""
-    mr, nb = pick_tile(m, n, cfg)
+def plan_gemm(batch: int, m: int, k: int, n: int, cfg: TileConfig, tile: tuple[int, int] | None = None) -> GemmPlan:
+    """Choose the register tile for a GEMM (``tile``: an explicit ``(mr, nb)``)."""
+    mr, nb = tile if tile is not None else pick_tile(m, n, cfg)
     return GemmPlan(batch, m, k, n, mr, nb)
 
 
@@ -84,6 +84,7 @@ def gemm_func(
     activation: str = "",
     activation_params: Sequence[float] = (),
     rows_outer: bool | None = None,
+    pack_rhs_panels: bool = False,
 ) -> tirx.PrimFunc:
     """PrimFunc ``(L, R[, bias], out)``: ``out[b] = act(L[b] @ R[b] + bias)``.
 
@@ -91,6 +92,8 @@ def gemm_func(
     ``[Np/nb, K, nb]`` (packed operands are shared by the batch). ``bias`` is ``""``,
     ``"col"`` (shape ``[N]``) or ``"row"`` (shape ``[M]``). ``rows_outer`` picks the tile loop
     order (row tiles outside column tiles); by default column tiles are outside when ``R`` is packed.
+    ``pack_rhs_panels`` copies a run-time ``R`` into contiguous ``K x nb`` column panels first (its
+    rows are then read as one stream instead of ``K`` strided cache lines per tile).
     """
     p = plan
     mr, nb = p.mr, p.nb
@@ -104,6 +107,15 @@ def gemm_func(
     if rhs_packed:
         rhs = te.placeholder((p.np_ // nb, p.k, nb), dtype, name="R")
         rval = lambda b, k, jo, ji: rhs[jo, k, ji]  # noqa: E731
+    elif pack_rhs_panels:
+        rhs = te.placeholder((p.batch, p.k, p.n), dtype, name="R")
+        zero = tirx.const(0, dtype)
+        panels = te.compute(
+            (p.batch, p.np_ // nb, p.k, nb),
+            lambda b, jo, k, ji: tirx.if_then_else(jo * nb + ji < p.n, rhs[b, k, jo * nb + ji], zero),
+            name="R_pack",
+        )
+        rval = lambda b, k, jo, ji: panels[b, jo, k, ji]  # noqa: E731
     else:
         rhs = te.placeholder((p.batch, p.k, p.n), dtype, name="R")
         rp = _pad2(rhs, p.k, p.np_, "R_pad")

@@ -5,7 +5,8 @@ loops are its spatial axes then its reduction axes, and an injective epilogue bl
 reading ``acc``. The schedule splits a *row* axis by ``mr`` and a *column* axis by ``nb``,
 orders ``outer spatial loops -> reductions -> (row tile, column tile)``, keeps the
 ``mr x nb`` accumulator tile local (registers), unrolls its rows, vectorises its columns,
-runs the outer loops in parallel and computes the epilogue per tile.
+runs the outer loops in parallel and computes the epilogue per tile. With the ``local_pad`` flag
+the padding blocks are computed per parallel tile too (no separate pass over the whole input).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ KERNEL_ATTR = "cacc.kernel"
 outer spatial axes in loop order (dotted, e.g. ``0.3.1``)."""
 
 
-def tile_attr(row: int, col: int, order: str) -> str:
-    """Encode the tiling for :data:`KERNEL_ATTR`."""
-    return f"{row},{col},{order}"
+def tile_attr(row: int, col: int, order: str, *, local_pad: bool = False) -> str:
+    """Encode the tiling for :data:`KERNEL_ATTR` (``local_pad``: padding blocks computed per parallel tile)."""
+    return f"{row},{col},{order}" + (",local_pad" if local_pad else "")
 
 
 def _vectorize_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
@@ -34,15 +35,16 @@ def _vectorize_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, la
 def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     """Apply the register-tiled schedule described by ``func``'s :data:`KERNEL_ATTR`."""
     spec = str(func.attrs[KERNEL_ATTR])
-    row_s, col_s, order_s = spec.split(",")
+    row_s, col_s, order_s, *flags = spec.split(",")
+    local_pad = "local_pad" in flags
     row, col = int(row_s), int(col_s)
     order = [int(t) for t in order_s.split(".")]
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     out = sch.get_sblock("out")
-    for blk in sch.get_child_blocks(sch.get_sblock("root")):
-        name = sch.get(blk).name_hint
-        if name not in ("acc", "out"):
+    pads = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint not in ("acc", "out")]
+    if not local_pad:
+        for blk in pads:
             _vectorize_injective(sch, blk, lanes)
     loops = sch.get_loops(acc)
     n_spatial = len(sch.get(acc).iter_vars) - sum(
@@ -56,6 +58,9 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     # parallel over all but the last outer loop (the tile loop the epilogue attaches to)
     par = sch.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
     sch.parallel(par)
+    for blk in reversed(pads) if local_pad else []:
+        # the padded input region of one parallel tile, built (in cache) right before it is read
+        sch.compute_at(blk, par, preserve_unit_loops=True)
     sch.reverse_compute_at(out, outer[-1], preserve_unit_loops=True)
     o_loops = sch.get_loops(out)
     inner = o_loops[-1]

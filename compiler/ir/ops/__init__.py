@@ -2,6 +2,7 @@
 
 from compiler.ir.ops import (  # noqa: F401
     cacc,
+    contrib,
     elementwise,
     indexing,
     nn,

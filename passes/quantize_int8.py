@@ -1,0 +1,435 @@
+"""``quantize_int8``: static post-training int8 quantization.
+
+Weights: per-output-channel symmetric int8 (``DequantizeLinear`` of an int8 initializer).
+Activations: per-tensor ``QuantizeLinear -> DequantizeLinear`` on each layer's data input (uint8
+asymmetric by default, int8 symmetric with ``activation_symmetric``), with ranges calibrated over the
+calibration set (:mod:`passes.quant.calibration`: minmax, percentile, entropy, mse).
+
+Where an integer kernel needs it, the layer's *output* is quantized too, so that backends (ONNX
+Runtime's QDQ fusion, in particular) see a complete ``DQ -> op -> Q`` group:
+
+- ``Conv``: ONNX Runtime only forms ``QLinearConv`` with a ``QuantizeLinear`` after the Conv (or after
+  its ``Relu`` / ``Clip``, which then becomes redundant), so the Conv's (activated) output is quantized.
+- ``MatMul`` with a 2-D output followed by a bias ``Add``: ORT would merge MatMul + Add into a float
+  ``Gemm``; quantizing the MatMul output makes it a ``QLinearMatMul``.
+
+Exact preparatory rewrites (:func:`prepare_model`) come first: a ``Gemm`` layer becomes ``MatMul``
+(+ ``Add``), since ORT has no QDQ ``Gemm`` fusion on CPU; and the bias of a MatMul with a rank >= 3
+output is given the output's rank, which stops ORT from merging it into a float ``Gemm`` (the MatMul
+then runs as ``MatMulIntegerToFloat``).
+
+Layers whose weight is tiny, or whose data input is a constant, stay in float with a note. For a
+diagnosis / accuracy-guard helper: :func:`calibrate` once, then :func:`quantize_layers` on any subset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from compiler.errors import PassError
+from compiler.ir.ops.registry import attr
+from passes._utils import Namer, add_initializer, constant, is_onnx_op, node_label, rank, take_over
+from passes.base import LayerRecord, Pass, register_pass
+from passes.quant.calibration import METHODS, TensorObserver, observe
+from passes.quant.layers import (
+    QUANTIZABLE_OPS,
+    QuantLayer,
+    find_layers,
+    insert_activation_qdq,
+    matches_any,
+    quantize_weight_in_place,
+    weight_bytes,
+)
+from passes.quant.scheme import QuantParams, quantize_weight, scale_zero_point
+
+_OVERRIDE_KEYS = ("method", "percentile", "activation_symmetric")
+
+
+@dataclass
+class Int8Options:
+    """Options of ``quantize_int8`` (``pass_options={"quantize_int8": {...}}``).
+
+    ``layers`` maps a node-name glob to ``"fp32"`` (keep the layer in float) or to a dict overriding
+    ``method`` / ``percentile`` / ``activation_symmetric`` for matching layers; the first matching
+    pattern wins.
+    """
+
+    method: str = "percentile"
+    percentile: float = 99.999
+    activation_symmetric: bool = False
+    skip: list[str] = field(default_factory=list)
+    op_types: list[str] = field(default_factory=lambda: list(QUANTIZABLE_OPS))
+    layers: dict[str, Any] = field(default_factory=dict)
+    num_samples: int | None = None  #: calibrate on the first N samples (None: all)
+    min_weight_elements: int = 128  #: smaller weights stay in float (no gain from int8)
+    quantize_outputs: bool = True  #: output Q/DQ where an integer kernel needs it (see module doc)
+    progress: bool | None = None  #: calibration progress bar (None: only on a terminal)
+    embeddings: bool = True  #: int8 per-row tables for Gather of a constant 2-D table (weight-only)
+    #: 7-bit weights ([-64, 63], stored as int8): ONNX Runtime's u8s8 kernels on x86 without VNNI add pairs of
+    #: uint8 x int8 products in int16 with saturation, which full-range weights overflow. None: on for target onnx.
+    reduce_range: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_method(self.method, self.percentile)
+        unknown = sorted(set(self.op_types) - set(QUANTIZABLE_OPS))
+        if unknown:
+            raise ValueError(f"op_types {unknown} are not quantizable; known: {list(QUANTIZABLE_OPS)}")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        for pattern, override in self.layers.items():
+            if override == "fp32":
+                continue
+            if not isinstance(override, dict):
+                raise ValueError(f"layers['{pattern}'] must be 'fp32' or a dict, got {override!r}")
+            bad = sorted(set(override) - set(_OVERRIDE_KEYS))
+            if bad:
+                raise ValueError(f"layers['{pattern}'] has unknown keys {bad}; known: {list(_OVERRIDE_KEYS)}")
+            _check_method(override.get("method", self.method), override.get("percentile", self.percentile))
+
+
+def _check_method(method: str, percentile: float) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+    if not 0.0 < float(percentile) <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+
+
+@dataclass(frozen=True)
+class ActivationSettings:
+    """How one activation tensor is calibrated and quantized."""
+
+    method: str
+    percentile: float
+    symmetric: bool
+
+    def params(self, observer: TensorObserver) -> QuantParams:
+        """The tensor's per-tensor quantization parameters from its statistics."""
+        lo, hi = observer.compute_range(self.method, percentile=self.percentile, symmetric=self.symmetric, bits=8)
+        return scale_zero_point(lo, hi, 8, symmetric=self.symmetric)
+
+
+def layer_settings(name: str, opts: Int8Options) -> ActivationSettings | None:
+    """The activation settings for layer ``name`` after per-layer overrides; ``None``: keep it in fp32."""
+    base = ActivationSettings(opts.method, opts.percentile, opts.activation_symmetric)
+    for pattern, override in opts.layers.items():
+        if matches_any(name, [pattern]):
+            if override == "fp32":
+                return None
+            return replace(
+                base,
+                method=override.get("method", base.method),
+                percentile=float(override.get("percentile", base.percentile)),
+                symmetric=bool(override.get("activation_symmetric", base.symmetric)),
+            )
+    return base
+
+
+# ---------------------------------------------------------------------------------------------- preparation
+
+
+def prepare_model(model: ir.Model, opts: Int8Options | None = None) -> bool:
+    """Exact rewrites before calibration (see the module doc): quantizable ``Gemm`` -> ``MatMul`` (+ ``Add``),
+    rank-matched biases after MatMuls with rank >= 3 outputs. Returns whether anything changed."""
+    opts = opts or Int8Options()
+    graph = model.graph
+    namer = Namer(graph)
+    changed = False
+    for layer in find_layers(model, opts.op_types, skip=opts.skip):
+        if layer.op_type == "Gemm":
+            _gemm_to_matmul(graph, layer, namer)
+            changed = True
+    for layer in find_layers(model, ("MatMul",), skip=opts.skip):
+        changed |= _rank_bias(graph, layer, namer)
+    return changed
+
+
+def _gemm_to_matmul(graph: ir.Graph, layer: QuantLayer, namer: Namer) -> None:
+    gemm = layer.node
+    w = layer.weight_array()
+    if int(attr(gemm, "transB", 0)):
+        w = w.T
+    alpha, beta = float(attr(gemm, "alpha", 1.0)), float(attr(gemm, "beta", 1.0))
+    if alpha != 1.0:
+        w = w * np.float32(alpha)
+    label = node_label(gemm)
+    weight = add_initializer(graph, namer(f"{layer.weight.name or label}_mm"), np.ascontiguousarray(w, np.float32))
+    matmul = ir.Node("", "MatMul", [gemm.inputs[0], weight], name=label, num_outputs=1)
+    matmul.outputs[0].name = namer(f"{label}_mm")
+    nodes = [matmul]
+    tail = matmul.outputs[0]
+    c = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+    if c is not None:
+        bias = constant(c)
+        if bias is not None and beta != 1.0:
+            c = add_initializer(graph, namer(f"{c.name or label}_beta"), (bias * np.float32(beta)).astype(np.float32))
+        elif beta != 1.0:
+            raise PassError("Gemm with beta != 1 and a non-constant C cannot be quantized", node=label)
+        add = ir.Node("", "Add", [tail, c], name=namer(f"{label}/bias"), num_outputs=1)
+        add.outputs[0].name = namer(f"{label}_biased")
+        nodes.append(add)
+        tail = add.outputs[0]
+    graph.insert_before(gemm, nodes)
+    old_inputs = [v for v in gemm.inputs if v is not None]
+    take_over(gemm.outputs[0], tail, namer)
+    tail.dtype = ir.DataType.FLOAT
+    if tail is not matmul.outputs[0]:
+        matmul.outputs[0].dtype = ir.DataType.FLOAT
+        matmul.outputs[0].shape = tail.shape.copy() if tail.shape is not None else None
+    graph.remove(gemm, safe=True)
+    for v in old_inputs:
+        if v.is_initializer() and not v.uses() and v.name in graph.initializers and not v.is_graph_output():
+            del graph.initializers[v.name]  # type: ignore[arg-type]
+
+
+def _bias_add(layer: QuantLayer) -> tuple[ir.Node, int, np.ndarray] | None:
+    """The single ``Add`` of a constant after ``layer`` (node, which input is the constant, its value)."""
+    out = layer.node.outputs[0]
+    uses = list(out.uses())
+    if out.is_graph_output() or len(uses) != 1:
+        return None
+    add = uses[0].node
+    if not is_onnx_op(add, "Add") or len(add.inputs) != 2:
+        return None
+    index = 1 if add.inputs[0] is out else 0
+    c = constant(add.inputs[index])
+    return (add, index, c) if c is not None else None
+
+
+def _rank_bias(graph: ir.Graph, layer: QuantLayer, namer: Namer) -> bool:
+    r = rank(layer.node.outputs[0]) or rank(layer.activation)
+    found = _bias_add(layer)
+    if r is None or r < 3 or found is None:
+        return False
+    add, index, c = found
+    if c.ndim == 0 or c.ndim >= r or c.size != c.shape[-1]:
+        return False
+    reshaped = c.reshape([1] * (r - 1) + [c.shape[-1]])
+    old = add.inputs[index]
+    value = add_initializer(graph, namer(f"{(old.name if old else None) or 'bias'}_r{r}"), reshaped)
+    add.replace_input_with(index, value)
+    if old is not None and old.is_initializer() and not old.uses() and old.name in graph.initializers:
+        del graph.initializers[old.name]  # type: ignore[arg-type]
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+
+
+def float_reason(layer: QuantLayer, opts: Int8Options) -> str:
+    """Why ``layer`` stays in float ("" if it is quantized)."""
+    if layer_settings(layer.name, opts) is None:
+        return "kept fp32 by a per-layer override"
+    if layer.weight_array().size < opts.min_weight_elements:
+        return f"weight has fewer than {opts.min_weight_elements} elements: int8 would not pay off"
+    if constant(layer.activation) is not None:
+        return "data input is a constant: nothing to gain at run time"
+    return ""
+
+
+def output_site(layer: QuantLayer, opts: Int8Options) -> ir.Value | None:
+    """The value after ``layer`` that gets an output Q/DQ (``None``: none needed), see the module doc."""
+    if not opts.quantize_outputs:
+        return None
+    out = layer.node.outputs[0]
+    if layer.op_type == "Conv":
+        uses = list(out.uses())
+        if len(uses) == 1 and not out.is_graph_output() and is_onnx_op(uses[0].node, "Relu", "Clip"):
+            act = uses[0].node
+            if all(constant(v) is not None for v in act.inputs[1:] if v is not None):
+                out = act.outputs[0]
+        return None if out.is_graph_output() else out
+    if layer.op_type == "MatMul" and rank(out) == 2 and _bias_add(layer) is not None:
+        return out
+    return None
+
+
+@dataclass
+class Site:
+    """An activation that gets a Q/DQ pair: its value, settings, and which nodes read the quantized copy."""
+
+    value: ir.Value
+    settings: ActivationSettings
+    users: list[ir.Node] = field(default_factory=list)
+    all_users: bool = False  #: an output site: every user reads the quantized copy
+
+
+def plan_sites(layers: Sequence[QuantLayer], opts: Int8Options) -> dict[str, Site]:
+    """The activation Q/DQ sites of ``layers`` (quantized ones only), by value name."""
+    sites: dict[str, Site] = {}
+    for layer in layers:
+        settings = layer_settings(layer.name, opts)
+        if settings is None:
+            continue
+        x = layer.activation
+        if x is None or x.name is None:
+            raise PassError("layer input has no name", node=layer.name)
+        site = sites.setdefault(x.name, Site(x, settings))
+        site.users.append(layer.node)
+    for layer in layers:
+        settings = layer_settings(layer.name, opts)
+        out = output_site(layer, opts) if settings is not None else None
+        if out is not None and out.name is not None:
+            sites.setdefault(out.name, Site(out, settings)).all_users = True  # type: ignore[arg-type]
+    return sites
+
+
+# ---------------------------------------------------------------------------------------------- API
+
+
+def _kept(layer: QuantLayer, pass_name: str, nbytes: int, note: str) -> LayerRecord:
+    return LayerRecord(layer.name, layer.op_type, pass_name, "kept fp32", None, None, nbytes, nbytes, None, note)
+
+
+def select_layers(model: ir.Model, opts: Int8Options) -> tuple[list[QuantLayer], list[LayerRecord]]:
+    """The layers to quantize, and records for those kept in float (skipped, overridden, tiny)."""
+    kept: list[LayerRecord] = []
+    chosen: list[QuantLayer] = []
+    for layer in find_layers(model, opts.op_types):
+        reason = "in the skip list" if matches_any(layer.name, opts.skip) else float_reason(layer, opts)
+        if reason:
+            n = weight_bytes(layer.weight)
+            kept.append(_kept(layer, "quantize_int8", n, reason))
+        else:
+            chosen.append(layer)
+    return chosen, kept
+
+
+def calibrate(
+    model: ir.Model,
+    layers: Sequence[QuantLayer],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    opts: Int8Options | None = None,
+) -> dict[str, TensorObserver]:
+    """Observe every activation that :func:`quantize_layers` would quantize for ``layers`` (on the
+    prepared, still-float model), over ``feeds`` (the first ``num_samples``)."""
+    opts = opts or Int8Options()
+    sites = plan_sites(layers, opts)
+    if opts.num_samples is not None:
+        feeds = feeds[: opts.num_samples]
+    return observe(model, list(sites), feeds, progress=opts.progress, desc="quantize_int8 calibration")
+
+
+def quantize_layers(
+    model: ir.Model,
+    layers: Sequence[QuantLayer],
+    stats: Mapping[str, TensorObserver],
+    opts: Int8Options | None = None,
+    *,
+    pass_name: str = "quantize_int8",
+) -> list[LayerRecord]:
+    """Quantize ``layers`` of ``model`` in place (int8 per-channel weights, Q/DQ activations with
+    parameters from ``stats``, by value name, as :func:`calibrate` returns them). One record per layer.
+
+    ``layers`` must come from ``find_layers`` on this ``model`` (after :func:`prepare_model`); a layer
+    overridden to ``"fp32"`` is recorded as kept."""
+    opts = opts or Int8Options()
+    graph = model.graph
+    namer = Namer(graph)
+    records = []
+    for layer in layers:
+        settings = layer_settings(layer.name, opts)
+        before = weight_bytes(layer.weight)
+        if settings is None:
+            records.append(_kept(layer, pass_name, before, "kept fp32 by a per-layer override"))
+            continue
+        w = layer.weight_array()
+        bits = 7 if opts.reduce_range else 8
+        q, params = quantize_weight(w, layer.out_axis, layer.reduce_axis, bits, symmetric=True)
+        dq = quantize_weight_in_place(graph, layer, q, replace(params, bits=8), namer=namer)
+        after = sum(weight_bytes(v) for v in dq.inputs)
+        sym = "s8" if settings.symmetric else "u8"
+        records.append(
+            LayerRecord(
+                layer.name,
+                layer.op_type,
+                pass_name,
+                f"int8 static ({settings.method}, {sym} act{', 7-bit w' if opts.reduce_range else ''})",
+                8,
+                8,
+                bytes_before=before,
+                bytes_after=after,
+            )
+        )
+    for name, site in plan_sites(layers, opts).items():
+        if site.value.producer() is not None and site.value.producer().op_type == "DequantizeLinear":  # type: ignore[union-attr]
+            continue  # already quantized
+        observer = stats.get(name)
+        if observer is None:
+            raise PassError(f"no calibration statistics for activation '{name}'", pass_name=pass_name)
+        users = [u.node for u in site.value.uses()] if site.all_users else site.users
+        users = list(dict.fromkeys(users))
+        if users:
+            insert_activation_qdq(graph, site.value, site.settings.params(observer), users, namer=namer)
+    return records
+
+
+def quantize_embeddings(model: ir.Model, opts: Int8Options, pass_name: str = "quantize_int8") -> list[LayerRecord]:
+    """Weight-only int8 for embedding tables: ``Gather(table, ids)`` with a constant float 2-D table becomes
+    ``Gather(table_int8, ids) -> Cast -> Mul(Gather(row_scales, ids))`` (per-row symmetric scales), which
+    reads only the gathered rows at run time (a ``DequantizeLinear`` of the table would expand all of it)."""
+    graph = model.graph
+    namer = Namer(graph)
+    records = []
+    for node in list(graph):
+        if not is_onnx_op(node, "Gather") or int(attr(node, "axis", 0)) != 0 or len(node.inputs) != 2:
+            continue
+        table, ids = constant(node.inputs[0]), node.inputs[1]
+        label = node_label(node)
+        if table is None or table.ndim != 2 or table.dtype != np.float32 or ids is None:
+            continue
+        if matches_any(label, opts.skip) or layer_settings(label, opts) is None:
+            continue
+        if table.size < opts.min_weight_elements:
+            continue
+        q, params = quantize_weight(table, 0, 1, 8, symmetric=True)
+        base = node.inputs[0].name or label  # type: ignore[union-attr]
+        q_value = add_initializer(graph, namer(f"{base}_q"), q.astype(np.int8))
+        s_value = add_initializer(graph, namer(f"{base}_row_scale"), params.scale.reshape(-1, 1).astype(np.float32))
+        gq = ir.Node("", "Gather", [q_value, ids], [ir.AttrInt64("axis", 0)], name=label, num_outputs=1)
+        gq.outputs[0].name = namer(f"{base}_rows_q")
+        cast = ir.Node("", "Cast", gq.outputs, [ir.AttrInt64("to", ir.DataType.FLOAT)], name=namer(f"{label}/cast"))
+        cast.outputs[0].name = namer(f"{base}_rows")
+        gs = ir.Node("", "Gather", [s_value, ids], [ir.AttrInt64("axis", 0)], name=namer(f"{label}/scales"))
+        gs.outputs[0].name = namer(f"{base}_rows_scale")
+        mul = ir.Node("", "Mul", [cast.outputs[0], gs.outputs[0]], name=namer(f"{label}/dequantize"))
+        graph.insert_before(node, [gq, cast, gs, mul])
+        old = node.inputs[0]
+        take_over(node.outputs[0], mul.outputs[0], namer)
+        graph.remove(node, safe=True)
+        if old is not None and not old.uses() and old.name in graph.initializers and not old.is_graph_output():
+            del graph.initializers[old.name]  # type: ignore[arg-type]
+        records.append(
+            LayerRecord(label, "Gather", pass_name, "int8 weight-only (per-row table)", 8, None,
+                        bytes_before=table.nbytes, bytes_after=q.size + params.scale.nbytes)
+        )  # fmt: skip
+    return records
+
+
+@register_pass
+class QuantizeInt8Pass(Pass):
+    """Static int8 PTQ: per-channel int8 weights, calibrated per-tensor activations."""
+
+    name = "quantize_int8"
+    description = "static int8 post-training quantization (per-channel weights, calibrated activations)"
+    stage = "compression"
+    numerics_tolerance = None
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opts = self.parse_options(Int8Options)
+        if opts.reduce_range is None:
+            opts.reduce_range = self.context.target == "onnx"
+        feeds = self.calibration_feeds(minimum=1)
+        prepare_model(model, opts)
+        layers, kept = select_layers(model, opts)
+        stats = calibrate(model, layers, feeds, opts)
+        order = {layer.name: i for i, layer in enumerate(find_layers(model, opts.op_types))}
+        records = quantize_layers(model, layers, stats, opts, pass_name=self.name)
+        if opts.embeddings:
+            records += quantize_embeddings(model, opts, self.name)
+        self.context.layers.extend(sorted(kept + records, key=lambda r: order.get(r.node, len(order))))
+        return ir.passes.PassResult(model, bool(records))

@@ -1,0 +1,218 @@
+"""quantize_int8: IR rewrites, options and records, ONNX export that ORT turns into integer kernels,
+and exported numerics against the reference interpreter on the quantized IR."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+import compiler
+from backends.onnx import to_standard_onnx
+from compiler.errors import PassError
+from compiler.ir.interpreter import run
+from passes.base import PassContext
+from passes.quantize_int8 import Int8Options, QuantizeInt8Pass, calibrate, prepare_model, quantize_layers, select_layers
+from tests.helpers import make_model, tensor, to_ir
+
+
+def _cnn() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((16, 16, 3, 3)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32) * 0.1
+    wg = (rng.standard_normal((10, 16)) * 0.5).astype(np.float32)
+    bg = rng.standard_normal(10).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b1"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["s"], name="residual"),
+        helper.make_node("GlobalAveragePool", ["s"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], name="fc", transB=1),
+    ]
+    inits = [("w1", w1), ("w2", w2), ("b1", b), ("wg", wg), ("bg", bg)]
+    return make_model(nodes, [tensor("x", [1, 8, 12, 12])], [tensor("y", [1, 10])], inits)
+
+
+def _mlp3d() -> onnx.ModelProto:
+    rng = np.random.default_rng(1)
+    w1 = (rng.standard_normal((32, 64)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((64, 32)) * 0.2).astype(np.float32)
+    b1 = rng.standard_normal(64).astype(np.float32) * 0.1
+    b2 = rng.standard_normal(32).astype(np.float32) * 0.1
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["o"], name="fc2"),
+        helper.make_node("Add", ["o", "b2"], ["y"], name="fc2_bias"),
+    ]
+    inits = [("w1", w1), ("w2", w2), ("b1", b1), ("b2", b2)]
+    return make_model(nodes, [tensor("x", [1, 16, 32])], [tensor("y", [1, 16, 32])], inits)
+
+
+def _samples(shape: tuple[int, ...], n: int, seed: int = 2) -> list[tuple[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(shape).astype(np.float32),) for _ in range(n)]
+
+
+def _optimized_ops(proto: onnx.ModelProto, tmp_path: Path) -> Counter[str]:
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def _largest_step(model: compiler.CompiledModel) -> float:
+    """The largest activation quantization step in the model (one rounding-tie difference)."""
+    scales = [
+        float(v.const_value.numpy().max())  # type: ignore[union-attr]
+        for n in model.ir.graph
+        if n.op_type == "QuantizeLinear"
+        for v in n.inputs[1:2]
+        if v is not None and v.const_value is not None
+    ]
+    return max(scales)
+
+
+@pytest.mark.parametrize(
+    ("builder", "shape", "integer_ops"),
+    [(_cnn, (1, 8, 12, 12), {"QLinearConv", "QLinearMatMul"}), (_mlp3d, (1, 16, 32), {"MatMulIntegerToFloat"})],
+)
+def test_onnx_export_runs_integer_kernels_and_matches_reference(builder, shape, integer_ops, tmp_path) -> None:
+    calibration = _samples(shape, 16)
+    cm = compiler.compile(builder(), target="onnx", passes=["quantize_int8"], calibration=calibration, measure=False)
+    proto = to_standard_onnx(cm.ir)
+    ops = _optimized_ops(proto, tmp_path)
+    for op in integer_ops:
+        assert ops[op] >= 1, ops
+    assert not ops["Conv"] and not ops["Gemm"] and not ops["MatMul"], ops  # every layer runs integer
+    # Numerics: ORT's integer kernels vs the reference interpreter on the quantized IR.
+    name = cm.input_names[0]
+    step = _largest_step(cm)
+    for (x,) in _samples(shape, 4, seed=7):
+        got = cm(x)
+        ref = run(cm.ir, {name: x})[cm.output_names[0]]
+        assert np.max(np.abs(got - ref)) <= 1.5 * step, (np.max(np.abs(got - ref)), step)
+    # And the quantized model is close to the float one.
+    assert cm.report.max_abs_error is not None and cm.report.max_abs_error < 0.1 * np.abs(ref).max() + 4 * step
+    records = {r.node: r for r in cm.report.layers}
+    assert all(r.weight_bits == 8 and r.bytes_after < r.bytes_before / 3 for r in records.values()), records
+
+
+def test_ir_form_per_channel_weights_and_output_qdq_after_relu() -> None:
+    model = to_ir(_cnn())
+    pass_ = QuantizeInt8Pass(PassContext(calibration=[{"x": s[0]} for s in _samples((1, 8, 12, 12), 4)]))
+    pass_(model)
+    g = model.graph
+    conv1 = next(n for n in g if n.name == "conv1")
+    w_dq = conv1.inputs[1].producer()  # type: ignore[union-attr]
+    assert w_dq is not None and w_dq.op_type == "DequantizeLinear"
+    assert w_dq.inputs[0].dtype.name == "INT8" and w_dq.inputs[1].shape.dims == (16,)  # type: ignore[union-attr]
+    # relu1's output is quantized (Conv -> Relu -> Q: ORT's QLinearConv), and conv2 and the residual read it.
+    relu_out = next(n for n in g if n.name == "relu1").outputs[0]
+    assert {u.node.op_type for u in relu_out.uses()} == {"QuantizeLinear"}
+    # Gemm became MatMul + Add; its 2-D output is quantized before the bias.
+    fc = next(n for n in g if n.name == "fc")
+    assert fc.op_type == "MatMul"
+    assert [u.node.op_type for u in fc.outputs[0].uses()] == ["QuantizeLinear"]
+    assert [r.node for r in pass_.context.layers] == ["conv1", "conv2", "fc"]
+
+
+def test_prepare_model_is_exact() -> None:
+    for builder, shape in ((_cnn, (1, 8, 12, 12)), (_mlp3d, (1, 16, 32))):
+        model = to_ir(builder())
+        (x,) = _samples(shape, 1)[0]
+        before = run(model, {"x": x})["y"]
+        assert prepare_model(model)
+        np.testing.assert_allclose(run(model, {"x": x})["y"], before, rtol=1e-5, atol=1e-5)
+        assert not any(n.op_type == "Gemm" for n in model.graph)
+
+
+def test_skip_overrides_and_tiny_layers_are_recorded() -> None:
+    model = to_ir(_cnn())
+    feeds = [{"x": s[0]} for s in _samples((1, 8, 12, 12), 4)]
+    options = {"skip": ["conv2"], "layers": {"fc": "fp32", "conv*": {"method": "mse"}}, "min_weight_elements": 100}
+    pass_ = QuantizeInt8Pass(PassContext(options={"quantize_int8": options}, calibration=feeds))
+    pass_(model)
+    records = {r.node: r for r in pass_.context.layers}
+    assert records["conv2"].action == "kept fp32" and "skip" in records["conv2"].note
+    assert records["fc"].action == "kept fp32" and "override" in records["fc"].note
+    assert records["conv1"].weight_bits == 8 and "mse" in records["conv1"].action
+    conv2 = next(n for n in model.graph if n.name == "conv2")
+    assert conv2.inputs[1].const_value is not None  # still the float weight
+
+    tiny = QuantizeInt8Pass(PassContext(options={"quantize_int8": {"min_weight_elements": 10_000}}, calibration=feeds))
+    tiny(to_ir(_cnn()))
+    assert all("fewer than 10000 elements" in r.note for r in tiny.context.layers)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"method": "kl"}, "unknown method 'kl'"),
+        ({"colour": 1}, "unknown option"),
+        ({"layers": {"fc": {"bits": 4}}}, "unknown keys"),
+        ({"op_types": ["Relu"]}, "not quantizable"),
+    ],
+)
+def test_bad_options(options, message) -> None:
+    pass_ = QuantizeInt8Pass(PassContext(options={"quantize_int8": options}, calibration=[{"x": np.zeros(1)}]))
+    with pytest.raises(PassError, match=message):
+        pass_(to_ir(_cnn()))
+
+
+def test_needs_calibration() -> None:
+    with pytest.raises(PassError, match="calibration"):
+        QuantizeInt8Pass(PassContext())(to_ir(_cnn()))
+
+
+def test_quantize_layers_on_a_subset_reuses_statistics() -> None:
+    model = to_ir(_mlp3d())
+    opts = Int8Options(method="minmax")
+    prepare_model(model, opts)
+    layers, _ = select_layers(model, opts)
+    feeds = [{"x": s[0]} for s in _samples((1, 16, 32), 8)]
+    stats = calibrate(model, layers, feeds, opts)
+    (x,) = _samples((1, 16, 32), 1, seed=9)[0]
+    full = run(model, {"x": x})["y"]
+    errors = []
+    for keep in ("fc1", "fc2"):
+        clone = model.clone()
+        subset = [ly for ly in select_layers(clone, opts)[0] if ly.name == keep]
+        records = quantize_layers(clone, subset, stats, opts)
+        assert [r.node for r in records] == [keep]
+        quantized = {n.name for n in clone.graph if n.op_type == "MatMul" and n.inputs[1].producer() is not None}
+        assert quantized == {keep}
+        errors.append(float(np.abs(run(clone, {"x": x})["y"] - full).max()))
+    assert all(0 < e < 0.05 * np.abs(full).max() for e in errors), errors
+
+
+def test_embedding_tables_become_int8_rows() -> None:
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((500, 64)).astype(np.float32)
+    w = rng.standard_normal((64, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "w"], ["y"], name="proj"),
+    ]
+    proto = make_model(
+        nodes, [tensor("ids", [1, 6], onnx.TensorProto.INT64)], [tensor("y", [1, 6, 8])], [("table", table), ("w", w)]
+    )
+    ids = np.array([[0, 5, 499, 17, 5, 42]], np.int64)
+    cm = compiler.compile(proto, target="onnx", passes=["quantize_int8"], calibration=[(ids,)], measure=False)
+    record = next(r for r in cm.report.layers if r.node == "embed")
+    assert record.action == "int8 weight-only (per-row table)" and record.bytes_after < record.bytes_before / 3.5
+    rows = run(cm.ir, {"ids": ids}, keep=["table_rows"])
+    scale = np.abs(table).max(axis=1, keepdims=True) / 127
+    expected = np.rint(table / scale)[ids[0]] * scale[ids[0]]
+    np.testing.assert_allclose(rows["table_rows"].reshape(6, 64) * scale[ids[0]], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cm(ids), rows["y"], rtol=1e-5, atol=1e-4)
