@@ -19,6 +19,7 @@ from compiler.frontends import import_model, is_torch_module
 from compiler.ir.interpreter import check_feeds
 from compiler.ir.interpreter import run as run_reference
 from compiler.ir.printer import op_histogram, parameter_count
+from compiler.ir.shapes import infer_shapes
 from compiler.report import Report
 from passes.base import PassContext
 from passes.manager import PassManager, expand_pipeline
@@ -209,7 +210,7 @@ def compile(
     )
     manager = PassManager(config.passes, debug=debug, reference_inputs=feeds if debug else None, context=context)
     pipeline = manager.run(model_ir)
-    model_ir = pipeline.model
+    model_ir = infer_shapes(pipeline.model)  # backends need every value typed; rewrites may leave new values bare
     executable, build_seconds = build_for_target(model_ir, config)
     outputs = executable.run(feeds)
 
