@@ -33,9 +33,11 @@ import onnx_ir as ir
 
 from compiler.errors import PassError
 from compiler.ir.ops.registry import attr
+from compiler.ir.shapes import infer_shapes
 from passes._utils import Namer, add_initializer, constant, is_onnx_op, node_label, rank, take_over
 from passes.base import LayerRecord, Pass, register_pass
 from passes.quant.calibration import METHODS, TensorObserver, observe
+from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, plan_quantization
 from passes.quant.layers import (
     QUANTIZABLE_OPS,
     QuantLayer,
@@ -48,6 +50,9 @@ from passes.quant.layers import (
 from passes.quant.scheme import QuantParams, quantize_weight, scale_zero_point
 
 _OVERRIDE_KEYS = ("method", "percentile", "activation_symmetric")
+
+#: Targets on which the cost check is on by default (``cost_check=None``).
+COST_CHECK_TARGETS = ("x86", "arm", "onnx")
 
 
 @dataclass
@@ -73,9 +78,22 @@ class Int8Options:
     #: 7-bit weights ([-64, 63], stored as int8): ONNX Runtime's u8s8 kernels on x86 without VNNI add pairs of
     #: uint8 x int8 products in int16 with saturation, which full-range weights overflow. None: on for target onnx.
     reduce_range: bool | None = None
+    #: measure each quantized layer's own output error (``LayerRecord.error``; :mod:`passes.quant.diagnosis`)
+    diagnose: bool = False
+    #: accuracy guard: keep the worst layers in fp32 until the model's relative output error (as
+    #: :func:`passes.quant.diagnosis.relative_error` defines it, on ``diagnosis_samples``) is within this bound
+    tolerance: float | None = None
+    #: keep in fp32 the layers whose integer kernel :mod:`compiler.cost` estimates not faster on the target.
+    #: None: on for the CPU targets (x86, arm, onnx), off for cuda (see :func:`cost_check_enabled`).
+    cost_check: bool | None = None
+    diagnosis_samples: int = DIAGNOSIS_SAMPLES  #: calibration samples the diagnosis and the guard run
 
     def __post_init__(self) -> None:
         _check_method(self.method, self.percentile)
+        if self.tolerance is not None and not self.tolerance >= 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.diagnosis_samples < 1:
+            raise ValueError(f"diagnosis_samples must be >= 1, got {self.diagnosis_samples}")
         unknown = sorted(set(self.op_types) - set(QUANTIZABLE_OPS))
         if unknown:
             raise ValueError(f"op_types {unknown} are not quantizable; known: {list(QUANTIZABLE_OPS)}")
@@ -421,15 +439,51 @@ class QuantizeInt8Pass(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.parse_options(Int8Options)
+        target = self.context.target
         if opts.reduce_range is None:
-            opts.reduce_range = self.context.target == "onnx"
+            opts.reduce_range = target == "onnx"
         feeds = self.calibration_feeds(minimum=1)
         prepare_model(model, opts)
         layers, kept = select_layers(model, opts)
         stats = calibrate(model, layers, feeds, opts)
         order = {layer.name: i for i, layer in enumerate(find_layers(model, opts.op_types))}
-        records = quantize_layers(model, layers, stats, opts, pass_name=self.name)
+        cost_check = cost_check_enabled(opts, target)
+        if cost_check:
+            infer_shapes(model)  # the cost model needs every layer's input shape
+
+        def quantize_one(m: ir.Model, layer: QuantLayer) -> None:
+            quantize_layers(m, [layer], stats, opts, pass_name=self.name)
+
+        plan = plan_quantization(
+            model,
+            layers,
+            quantize_one,
+            feeds,
+            target=target,
+            cost_check=cost_check,
+            diagnose=opts.diagnose,
+            tolerance=opts.tolerance,
+            samples=opts.diagnosis_samples,
+        )
+        records = quantize_layers(model, plan.quantize, stats, opts, pass_name=self.name)
+        for layer, note in plan.kept:
+            record = _kept(layer, self.name, weight_bytes(layer.weight), note)
+            record.error = plan.errors.get(layer.name)
+            records.append(record)
+        for record in records:
+            if record.error is None:
+                record.error = plan.errors.get(record.node)
         if opts.embeddings:
             records += quantize_embeddings(model, opts, self.name)
         self.context.layers.extend(sorted(kept + records, key=lambda r: order.get(r.node, len(order))))
-        return ir.passes.PassResult(model, bool(records))
+        return ir.passes.PassResult(model, any(r.weight_bits is not None for r in records))
+
+
+def cost_check_enabled(opts: Int8Options, target: str | None) -> bool:
+    """Whether the cost check runs: ``opts.cost_check`` if set, else only on CPU targets
+    (:data:`COST_CHECK_TARGETS`). On x86 / onnx / arm the cost model keeps depthwise convs and tiny
+    layers in float (their integer kernels are slower there); on cuda its spec-sheet estimates would
+    keep nearly every layer of the shipped models in float, which defeats the pass."""
+    if opts.cost_check is not None:
+        return opts.cost_check
+    return target in COST_CHECK_TARGETS

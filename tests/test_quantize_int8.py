@@ -8,15 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import helper
 
 import compiler
 from backends.onnx import to_standard_onnx
+from compiler.cost import COST_NOTE
 from compiler.errors import PassError
 from compiler.ir.interpreter import run
-from passes.base import PassContext
+from passes.base import LayerRecord, PassContext
+from passes.quant.diagnosis import GUARD_NOTE, relative_error
 from passes.quantize_int8 import Int8Options, QuantizeInt8Pass, calibrate, prepare_model, quantize_layers, select_layers
 from tests.helpers import make_model, tensor, to_ir
 
@@ -89,7 +92,10 @@ def _largest_step(model: compiler.CompiledModel) -> float:
 )
 def test_onnx_export_runs_integer_kernels_and_matches_reference(builder, shape, integer_ops, tmp_path) -> None:
     calibration = _samples(shape, 16)
-    cm = compiler.compile(builder(), target="onnx", passes=["quantize_int8"], calibration=calibration, measure=False)
+    options = {"quantize_int8": {"cost_check": False}}  # every layer integer, even where it does not pay off
+    cm = compiler.compile(
+        builder(), target="onnx", passes=["quantize_int8"], calibration=calibration, pass_options=options, measure=False
+    )
     proto = to_standard_onnx(cm.ir)
     ops = _optimized_ops(proto, tmp_path)
     for op in integer_ops:
@@ -216,3 +222,149 @@ def test_embedding_tables_become_int8_rows() -> None:
     expected = np.rint(table / scale)[ids[0]] * scale[ids[0]]
     np.testing.assert_allclose(rows["table_rows"].reshape(6, 64) * scale[ids[0]], expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(cm(ids), rows["y"], rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- diagnosis, guard, cost
+
+
+def _sensitive_mlp(rows: int = 8, width: int = 64, out: int = 32) -> onnx.ModelProto:
+    """x[rows,width] -> fc1 -> Relu -> fc2 -> Relu -> fc3 -> y[rows,out]. fc2 has a huge weight on an input unit that
+    fc1 never activates (no effect in float), so its per-channel int8 scale rounds every other weight to 0:
+    fc2 is by far the most sensitive layer."""
+    rng = np.random.default_rng(5)
+    w1 = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    w1[:, 0] = 0.0
+    w2 = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    w2[0] = 60.0
+    w3 = (rng.standard_normal((width, out)) / np.sqrt(width)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("MatMul", ["r2", "w3"], ["y"], name="fc3"),
+    ]
+    inits = [("w1", w1), ("w2", w2), ("w3", w3)]
+    return make_model(nodes, [tensor("x", [rows, width])], [tensor("y", [rows, out])], inits)
+
+
+def _guarded(options: dict, target: str | None = None) -> tuple[ir.Model, dict[str, LayerRecord], list[dict]]:
+    feeds = [{"x": s[0]} for s in _samples((8, 64), 8)]
+    model = to_ir(_sensitive_mlp())
+    pass_ = QuantizeInt8Pass(PassContext(options={"quantize_int8": options}, calibration=feeds, target=target))
+    pass_(model)
+    return model, {r.node: r for r in pass_.context.layers}, feeds
+
+
+def _model_error(model: ir.Model, feeds: list[dict]) -> float:
+    """relative_error of ``model`` against the float model, with plain reference-interpreter runs."""
+    float_model = to_ir(_sensitive_mlp())
+    return relative_error([run(float_model, f) for f in feeds], [run(model, f) for f in feeds])
+
+
+def test_diagnose_fills_every_layer_error_and_finds_the_sensitive_layer() -> None:
+    _, records, feeds = _guarded({"diagnose": True, "diagnosis_samples": 3})
+    assert all(r.weight_bits == 8 for r in records.values()), records  # diagnosis alone keeps nothing
+    errors = {name: r.error for name, r in records.items()}
+    assert all(e is not None and e > 0 for e in errors.values()), errors
+    assert max(errors, key=lambda n: errors[n] or 0.0) == "fc2", errors
+    assert errors["fc2"] > 10 * max(errors["fc1"], errors["fc3"]), errors  # type: ignore[operator]
+    # fc2's error is what quantizing fc2 alone does (plain interpreter runs on the 3 diagnosis samples).
+    only = to_ir(_sensitive_mlp())
+    opts = Int8Options()
+    layers, _ = select_layers(only, opts)
+    stats = calibrate(only, layers, feeds, opts)
+    quantize_layers(only, [ly for ly in layers if ly.name == "fc2"], stats, opts)
+    assert _model_error(only, feeds[:3]) == pytest.approx(errors["fc2"], rel=1e-4)
+
+
+def test_tolerance_keeps_the_worst_layer_in_fp32_and_meets_the_bound() -> None:
+    tolerance = 0.03
+    unguarded, _, feeds = _guarded({})
+    assert _model_error(unguarded, feeds[:4]) > tolerance  # without the guard the bound is missed
+    model, records, _ = _guarded({"tolerance": tolerance})
+    assert records["fc2"].action == "kept fp32" and records["fc2"].note.startswith(GUARD_NOTE), records["fc2"]
+    assert records["fc2"].error is not None and records["fc2"].error > tolerance
+    assert records["fc1"].weight_bits == 8 and records["fc3"].weight_bits == 8
+    fc2 = next(n for n in model.graph if n.name == "fc2")
+    assert fc2.inputs[1].const_value is not None and fc2.inputs[0].producer().op_type == "Relu"  # type: ignore[union-attr]
+    assert _model_error(model, feeds[:4]) <= tolerance  # measured on the diagnosis samples
+    assert _model_error(model, feeds[4:]) <= 2 * tolerance  # and close on held-out ones
+
+
+def _cost_model() -> onnx.ModelProto:
+    """A 3x3 depthwise conv (kept on CPU targets), then a big [128,256]x[256,256] MatMul (quantized) and a
+    tiny [128,256]x[256,4] one (kept: quantize/dequantize overhead dominates)."""
+    rng = np.random.default_rng(6)
+    wd = (rng.standard_normal((64, 1, 3, 3)) * 0.3).astype(np.float32)
+    wb = (rng.standard_normal((256, 256)) * 0.06).astype(np.float32)
+    wt = (rng.standard_normal((256, 4)) * 0.06).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["img", "wd"], ["c"], name="dw", group=64, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["img_out"], name="relu0"),
+        helper.make_node("MatMul", ["x", "wb"], ["h"], name="big"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("MatMul", ["r", "wt"], ["y"], name="tiny"),
+    ]
+    return make_model(
+        nodes,
+        [tensor("img", [1, 64, 56, 56]), tensor("x", [128, 256])],
+        [tensor("img_out", [1, 64, 56, 56]), tensor("y", [128, 4])],
+        [("wd", wd), ("wb", wb), ("wt", wt)],
+    )
+
+
+def _cost_feeds(n: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(8)
+    return [
+        {"img": rng.standard_normal((1, 64, 56, 56)).astype(np.float32), "x": rng.standard_normal((128, 256))}
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("target", ["onnx", "x86"])
+def test_cost_check_keeps_depthwise_and_tiny_layers_in_float(target) -> None:
+    feeds = [{k: v.astype(np.float32) for k, v in f.items()} for f in _cost_feeds(2)]
+    model = to_ir(_cost_model())
+    pass_ = QuantizeInt8Pass(PassContext(calibration=feeds, target=target))
+    pass_(model)
+    records = {r.node: r for r in pass_.context.layers}
+    assert records["big"].weight_bits == 8, records["big"]
+    # "tiny" reads an intermediate value: without shape inference the cost model could not see its size.
+    assert records["tiny"].action == "kept fp32" and "overhead dominates" in records["tiny"].note, records["tiny"]
+    assert records["dw"].action == "kept fp32" and "depthwise" in records["dw"].note, records["dw"]
+    assert all(records[n].note.startswith(COST_NOTE) and f"on {target}" in records[n].note for n in ("dw", "tiny"))
+    kept_inputs = [n.inputs[1].const_value for n in model.graph if n.name in ("dw", "tiny")]
+    assert all(v is not None for v in kept_inputs)  # still float weights
+    # The check is off by default on cuda (it would keep nearly every layer) and when disabled.
+    for context in (
+        PassContext(calibration=feeds, target="cuda"),
+        PassContext(calibration=feeds, target=target, options={"quantize_int8": {"cost_check": False}}),
+    ):
+        other = QuantizeInt8Pass(context)
+        other(to_ir(_cost_model()))
+        assert all(r.weight_bits == 8 for r in other.context.layers), other.context.layers
+
+
+def test_report_shows_guard_cost_and_worst_layer_lines() -> None:
+    # [128,256] x [256,256] layers pay off on onnx; fc3 ([256,4]) is kept by the cost model; fc2 by the guard.
+    options = {"quantize_int8": {"tolerance": 0.03, "diagnose": True}}
+    samples = [(s[0],) for s in _samples((128, 256), 6)]
+    cm = compiler.compile(
+        _sensitive_mlp(128, 256, 4), target="onnx", passes=["quantize_int8"], calibration=samples,
+        pass_options=options, measure=False,
+    )  # fmt: skip
+    records = {r.node: r for r in cm.report.layers}
+    assert records["fc1"].weight_bits == 8 and records["fc1"].error is not None
+    assert records["fc2"].note.startswith(GUARD_NOTE) and records["fc3"].note.startswith(COST_NOTE), records
+    text = str(cm.report)
+    assert "accuracy guard kept 1 layer(s) in fp32 (model error" in text, text
+    assert "cost model kept 1 layer(s) in fp32" in text, text
+    assert "largest single-layer error: fc2" in text, text
+
+
+def test_bad_guard_options() -> None:
+    for options, message in (({"tolerance": -1.0}, "tolerance"), ({"diagnosis_samples": 0}, "diagnosis_samples")):
+        pass_ = QuantizeInt8Pass(PassContext(options={"quantize_int8": options}, calibration=[{"x": np.zeros(1)}]))
+        with pytest.raises(PassError, match=message):
+            pass_(to_ir(_cnn()))
