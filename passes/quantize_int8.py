@@ -76,7 +76,8 @@ class Int8Options:
     progress: bool | None = None  #: calibration progress bar (None: only on a terminal)
     embeddings: bool = True  #: int8 per-row tables for Gather of a constant 2-D table (weight-only)
     #: 7-bit weights ([-64, 63], stored as int8): ONNX Runtime's u8s8 kernels on x86 without VNNI add pairs of
-    #: uint8 x int8 products in int16 with saturation, which full-range weights overflow. None: on for target onnx.
+    #: uint8 x int8 products in int16 with saturation, which full-range weights overflow; cacc's x86 u8s8 kernel is
+    #: exact but applies only where no pair can overflow (always with 7-bit weights). None: on for onnx and x86.
     reduce_range: bool | None = None
     #: measure each quantized layer's own output error (``LayerRecord.error``; :mod:`passes.quant.diagnosis`)
     diagnose: bool = False
@@ -441,7 +442,7 @@ class QuantizeInt8Pass(Pass):
         opts = self.parse_options(Int8Options)
         target = self.context.target
         if opts.reduce_range is None:
-            opts.reduce_range = target == "onnx"
+            opts.reduce_range = target in ("onnx", "x86")
         feeds = self.calibration_feeds(minimum=1)
         prepare_model(model, opts)
         layers, kept = select_layers(model, opts)

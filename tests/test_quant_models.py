@@ -134,7 +134,8 @@ def _optimized_ops(cm, tmp_path) -> Counter[str]:
 
 
 def test_fmnist_int8_static_accuracy_size_and_integer_kernels(tmp_path) -> None:
-    spec, cm = _compile_int8("fmnist_cnn", ["quantize_int8"])
+    # Every layer quantized (cost_check off): with it on, the cost model keeps fmnist's tiny layers in float.
+    spec, cm = _compile_int8("fmnist_cnn", ["quantize_int8"], {"quantize_int8": {"cost_check": False}})
     limit = 1000
     ours = spec.evaluate(cm, limit=limit)["accuracy"]
     fp32 = spec.evaluate(models.torch_predict(spec.module), limit=limit)["accuracy"]
@@ -146,12 +147,12 @@ def test_fmnist_int8_static_accuracy_size_and_integer_kernels(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_efficientnet_int8_static_agreement(tmp_path) -> None:
-    spec, cm = _compile_int8("efficientnet_lite0", ["quantize_int8"])
+    spec, cm = _compile_int8("efficientnet_lite0", ["quantize_int8"], {"quantize_int8": {"cost_check": False}})
     assert cm.report.original_size_bytes / cm.report.size_bytes >= 3.8
     ops = _optimized_ops(cm, tmp_path)
     assert ops["QLinearConv"] >= 40 and not ops["Conv"], ops
     agreement = spec.evaluate(cm, limit=100)["top1_agreement"]
-    assert agreement >= 0.55, agreement  # measured 0.64 on 200 crops; the 0.99 target is not reached yet
+    assert agreement >= 0.55, agreement  # measured 0.64 on 200 crops, 0.77 on 100; the 0.99 target is not reached yet
 
 
 @pytest.mark.slow

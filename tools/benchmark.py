@@ -54,7 +54,12 @@ ENGINES = (
 #: Quantization recipes of the cacc rows: (passes, pass options), per model where a model needs its own.
 QUANT_RECIPES: dict[str, dict[str, tuple[list[str], dict[str, dict[str, Any]]]]] = {
     "int8": {"default": (["quantize_int8"], {})},
-    "int4": {"default": (["quantize_weight_only"], {"quantize_weight_only": {"method": "gptq"}})},
+    "int4": {
+        "default": (
+            ["quantize_weight_only"],
+            {"quantize_weight_only": {"method": "gptq", "act_order": True, "samples": 16}},
+        )
+    },
 }
 
 
