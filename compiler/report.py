@@ -21,14 +21,15 @@ def _layer_table(layers: list[LayerRecord]) -> list[str]:
     """Per-layer compression table: bits, size and (when diagnosed) each layer's error contribution."""
     name_w = min(max(len(r.node) for r in layers), 48)
     has_error = any(r.error is not None for r in layers)
+    act_w = max(20, *(len(r.action) for r in layers))
     lines = [f"  layers ({len(layers)}):"]
-    header = f"    {'layer'.ljust(name_w)}  {'op':<10} {'action':<20} {'w bits':>6} {'a bits':>6}  {'size':>17}"
+    header = f"    {'layer'.ljust(name_w)}  {'op':<10} {'action':<{act_w}} {'w bits':>6} {'a bits':>6}  {'size':>17}"
     lines.append(header + ("  error" if has_error else ""))
     for r in layers:
         name = r.node if len(r.node) <= name_w else "..." + r.node[-(name_w - 3) :]
         size = f"{r.bytes_before / 1e3:.0f}->{r.bytes_after / 1e3:.0f} KB"
         line = (
-            f"    {name.ljust(name_w)}  {r.op_type:<10} {r.action:<20} {_bits(r.weight_bits):>6} "
+            f"    {name.ljust(name_w)}  {r.op_type:<10} {r.action:<{act_w}} {_bits(r.weight_bits):>6} "
             f"{_bits(r.activation_bits):>6}  {size:>17}"
         )
         if has_error:
