@@ -73,7 +73,7 @@ def expand_pipeline(names: Sequence[str], default: Sequence[str]) -> list[str]:
     if not classes or any(c.stage != "compression" for c in classes):
         return list(names)
     default_stages = [get_pass(n).stage for n in default]
-    cut = next((i for i, st in enumerate(default_stages) if st not in ("cleanup",)), len(default))
+    cut = next((i for i, st in enumerate(default_stages) if st != "cleanup"), len(default))
     return [*default[:cut], *names, *default[cut:]]
 
 
