@@ -1,9 +1,6 @@
 """Graph passes, one per file. Importing the package registers every built-in pass."""
 
 # Built-in passes: importing each module registers its pass.
-import passes.pack_matmulnbits
-import passes.quantize_int4
-import passes.quantize_ternary  # noqa: F401  (low-bit weights, issue 5)
 from passes import (
     batchnorm_folding,
     constant_folding,
@@ -11,8 +8,12 @@ from passes import (
     decompose,
     fusion,
     identity_removal,
+    pack_matmulnbits,
     quantize_dynamic,
+    quantize_int4,
     quantize_int8,
+    quantize_mixed,
+    quantize_ternary,
     shape_inference,
     smoothquant,
 )
@@ -38,8 +39,12 @@ __all__ = [
     "fusion",
     "get_pass",
     "identity_removal",
+    "pack_matmulnbits",
     "quantize_dynamic",
+    "quantize_int4",
     "quantize_int8",
+    "quantize_mixed",
+    "quantize_ternary",
     "register_pass",
     "shape_inference",
     "smoothquant",

@@ -131,3 +131,21 @@ def test_default_pipeline_on_real_model(name: str, real_onnx) -> None:
     decompose_cacc_ops(result.model)
     ref, got = ort_run(before_bytes, feeds), ort_run(result.model, feeds)
     assert max_scaled_error(ref, got) <= 1e-5
+
+
+def test_importing_passes_registers_every_pass_module() -> None:
+    """Each passes/*.py that registers a pass is imported by the package (a fresh process sees it)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    declared = set()
+    for path in (root / "passes").glob("*.py"):
+        text = path.read_text()
+        if "@register_pass" in text:
+            declared.update(re.findall(r'^    name = "(\w+)"', text, flags=re.MULTILINE))
+    code = "import passes; print(' '.join(passes.available_passes()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert declared and declared <= set(out.split()), sorted(declared - set(out.split()))
