@@ -64,3 +64,16 @@ def ort_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
 def to_ir(proto: onnx.ModelProto) -> ir.Model:
     """Deserialize without any normalization."""
     return ir.serde.deserialize_model(proto)
+
+
+def arm_unavailable() -> str | None:
+    """None when the ARM cross toolchain, qemu, the aarch64 libraries and the runner are set up; else why not."""
+    from backends.tvm import arm_setup
+    from compiler.errors import BackendError
+
+    try:
+        tc = arm_setup.toolchain()
+        arm_setup.runner_path(tc.cxx, tc.lib_dir)
+    except BackendError as exc:
+        return str(exc)
+    return None

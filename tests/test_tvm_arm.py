@@ -13,19 +13,9 @@ from backends.tvm import arm_setup
 from backends.tvm.arm import ArmBackend, ArmExecutable, RPCConfig, arm_neon_target
 from compiler.errors import BackendError, InputSignatureError
 from compiler.ir import infer_shapes, run
+from tests.helpers import arm_unavailable
 
-
-def _arm_ready() -> str | None:
-    """None when the cross toolchain, qemu, the aarch64 libraries and the runner are there; else why not."""
-    try:
-        tc = arm_setup.toolchain()
-        arm_setup.runner_path(tc.cxx, tc.lib_dir)
-    except BackendError as exc:
-        return str(exc)
-    return None
-
-
-_WHY_NOT = _arm_ready()
+_WHY_NOT = arm_unavailable()
 needs_arm = pytest.mark.skipif(_WHY_NOT is not None, reason=f"ARM toolchain not set up: {_WHY_NOT}")
 
 

@@ -13,7 +13,7 @@ from backends.tvm.runtime import build
 from backends.tvm.schedules.qgemm import QKERNEL_ATTR, u8s8_pairing
 from compiler.errors import BackendError
 from compiler.ir import infer_shapes, run
-from tests.helpers import make_model, tensor, to_ir
+from tests.helpers import arm_unavailable, make_model, tensor, to_ir
 
 U8, I8, F = TensorProto.UINT8, TensorProto.INT8, TensorProto.FLOAT
 
@@ -294,17 +294,6 @@ def test_pointwise_conv_without_exact_pairing_stays_float() -> None:
 # ---------------------------------------------------------------- other targets
 
 
-def _arm_ready() -> str | None:
-    from backends.tvm import arm_setup
-
-    try:
-        tc = arm_setup.toolchain()
-        arm_setup.runner_path(tc.cxx, tc.lib_dir)
-    except BackendError as exc:
-        return str(exc)
-    return None
-
-
 def test_generic_x86_target_runs_the_integer_kernels_without_avx2_intrinsics() -> None:
     import tvm
 
@@ -337,7 +326,7 @@ def test_generic_x86_target_runs_the_integer_pointwise_conv() -> None:
 
 
 def test_quantized_mlp_matches_reference_on_arm_under_qemu() -> None:
-    why = _arm_ready()
+    why = arm_unavailable()
     if why is not None:
         pytest.skip(f"ARM toolchain not set up: {why}")
     from backends.base import BuildOptions

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 import tvm
-from tvm import relax, s_tir, tirx
+from tvm import relax, tirx
 from tvm.relax.backend.cuda import pipeline as cuda_generic
 from tvm.s_tir import dlight as dl
 
 from backends.base import Backend, BuildOptions, Executable, median_ms
 from backends.tvm.relax_emitter import emit_relax
-from backends.tvm.schedule import map_unscheduled
+from backends.tvm.schedule import apply_first_rule, map_unscheduled
 from backends.tvm.signature import InputSignature, check_inputs, input_signatures
 from compiler.errors import BackendError
 
@@ -42,21 +42,10 @@ def gpu_rules() -> list[dl.ScheduleRule]:
 
 
 def _schedule_one(func: tirx.PrimFunc, target: tvm.target.Target, rules: Sequence[dl.ScheduleRule]) -> tirx.PrimFunc:
-    errors = []
-    for rule in rules:
-        try:
-            sch = rule.apply(func, target, False)
-        except Exception as exc:  # a rule's analysis failing on a function it was not written for
-            errors.append(f"{type(rule).__name__}: {exc}")
-            continue
-        if sch is None:
-            continue
-        if isinstance(sch, list):
-            if len(sch) != 1:
-                continue
-            sch = sch[0]
-        if isinstance(sch, s_tir.Schedule):
-            return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    errors: list[str] = []
+    scheduled = apply_first_rule(func, target, rules, errors)
+    if scheduled is not None:
+        return scheduled
     name = func.attrs.get("global_symbol", "?") if func.attrs is not None else "?"
     detail = "; ".join(errors) if errors else "no rule matched"
     raise BackendError(f"no GPU schedule for TIR function '{name}' ({detail})")

@@ -70,19 +70,25 @@ def default_cpu_rules() -> list[dl.ScheduleRule]:
     return [dl.cpu.GEMV(), dl.cpu.Reduction(), ParallelSpatial()]
 
 
-def _try_rules(func: tirx.PrimFunc, target: Target, rules: Sequence[dl.ScheduleRule]) -> tirx.PrimFunc | None:
+def apply_first_rule(
+    func: tirx.PrimFunc, target: Target, rules: Sequence[dl.ScheduleRule], errors: list[str] | None = None
+) -> tirx.PrimFunc | None:
+    """``func`` scheduled by the first of ``rules`` that yields one schedule, else ``None``.
+
+    A rule that raises is skipped (its analysis may fail on functions it was not written for);
+    its message is appended to ``errors`` when given.
+    """
     for rule in rules:
         try:
             sch = rule.apply(func, target, False)
-        except Exception:  # a rule's analysis failing on a function it was not written for
-            continue
-        if sch is None:
+        except Exception as exc:
+            if errors is not None:
+                errors.append(f"{type(rule).__name__}: {exc}")
             continue
         if isinstance(sch, list):
-            if len(sch) != 1:
-                continue
-            sch = sch[0]
-        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            sch = sch[0] if len(sch) == 1 else None
+        if isinstance(sch, s_tir.Schedule):
+            return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return None
 
 
@@ -112,7 +118,7 @@ def safe_default_schedule(target: Target, rules: Sequence[dl.ScheduleRule] | Non
         if func.attrs is not None and KERNEL_ATTR in func.attrs:
             lanes = target_lanes(target).lanes
             return schedule_tiled(func, lanes).mod["main"].with_attr("tirx.is_scheduled", True)
-        return _try_rules(func, target, chosen)
+        return apply_first_rule(func, target, chosen)
 
     @tvm.transform.module_pass(opt_level=0, name="CaccSafeDefaultSchedule")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
