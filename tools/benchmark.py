@@ -6,7 +6,8 @@
 Every engine runs in the same process with the same thread count (torch intra-op threads, ORT
 intra-op threads, TVM's pool). For each model and engine it reports the median latency of one
 batch-1 inference (after warm-up; slow engines get fewer repetitions, within ``--time-budget``
-seconds), the ratio to ORT fp32, the model size, and the model's accuracy metric
+seconds; engines are timed round-robin in ``--rounds`` rounds after all are built, so that a slow
+phase of the machine does not land on one row), the ratio to ORT fp32, the model size, and the model's accuracy metric
 (``spec.evaluate(predict, limit)``). A row that fails is kept with its reason, never aborting the
 run. Writes ``benchmark.json`` and ``benchmark.png`` under ``--out`` and prints a table.
 """
@@ -114,10 +115,11 @@ def set_threads(threads: int) -> None:
     set_num_threads(threads)
 
 
-def time_callable(
+def time_samples(
     fn: Callable[[], Any], *, repeat: int, warmup: int, budget_s: float, sync: Callable[[], None] = lambda: None
-) -> tuple[float, int]:
-    """Median ms of ``fn`` after ``warmup`` runs; repetitions capped so the timing fits ``budget_s`` (>= 3)."""
+) -> list[float]:
+    """Milliseconds of each timed run of ``fn`` after ``warmup`` runs; repetitions capped so the timing
+    fits ``budget_s`` (>= 3)."""
     t0 = time.perf_counter()
     fn()
     sync()
@@ -132,7 +134,15 @@ def time_callable(
         fn()
         sync()
         times.append((time.perf_counter() - t) * 1e3)
-    return float(statistics.median(times)), n
+    return times
+
+
+def time_callable(
+    fn: Callable[[], Any], *, repeat: int, warmup: int, budget_s: float, sync: Callable[[], None] = lambda: None
+) -> tuple[float, int]:
+    """Median ms of ``fn`` after ``warmup`` runs and the number of timed runs (see :func:`time_samples`)."""
+    times = time_samples(fn, repeat=repeat, warmup=warmup, budget_s=budget_s, sync=sync)
+    return float(statistics.median(times)), len(times)
 
 
 # ---------------------------------------------------------------------------------------------- engines
@@ -265,7 +275,8 @@ class Settings:
     repeat: int = 20
     warmup: int = 3
     limit: int = 200
-    time_budget: float = 10.0  #: seconds of timed runs per row at most (>= 3 runs)
+    time_budget: float = 10.0  #: seconds of timed runs per row at most (>= 3 runs per round)
+    rounds: int = 3  #: round-robin timing rounds (see :func:`time_rows`)
     eval_budget: float = 60.0  #: seconds of accuracy evaluation per row at most (>= 8 items)
     calib: int = 32
     engines: tuple[str, ...] = ENGINES
@@ -346,28 +357,62 @@ def _builders(spec: Any, onnx_path: Path, work: Path, s: Settings) -> dict[str, 
     }
 
 
-def bench_row(name: str, engine: str, make: Callable[[], Engine], spec: Any, s: Settings) -> Row:
-    """Build ``engine``, time it and evaluate it; a failure becomes a skipped row with the reason."""
+def prepare_row(
+    name: str, engine: str, make: Callable[[], Engine], spec: Any, s: Settings
+) -> tuple[Row, Engine | None]:
+    """Build ``engine`` and evaluate its accuracy; a failure becomes a skipped row (and no engine) with the reason."""
     row = Row(model=name, engine=engine)
     try:
         t0 = time.perf_counter()
         eng = make()
         row.build_seconds = round(time.perf_counter() - t0, 3)
         row.size_bytes = int(eng.size_bytes)
-        row.latency_ms, row.repeat = time_callable(
-            eng.timed, repeat=s.repeat, warmup=s.warmup, budget_s=s.time_budget, sync=eng.sync
-        )
-        per_item_s = row.latency_ms / 1e3 * (2 if name == "minilm" else 1)  # MiniLM embeds two texts per item
+        first = time_samples(eng.timed, repeat=1, warmup=1, budget_s=0.0, sync=eng.sync)
+        per_item_s = statistics.median(first) / 1e3 * (2 if name == "minilm" else 1)  # MiniLM embeds two texts
         row.eval_limit = max(1, min(s.limit, max(8, int(s.eval_budget / max(per_item_s, 1e-6)))))
         if s.limit > 0:
             with contextlib.redirect_stdout(io.StringIO()):
                 row.metric = {k: float(v) for k, v in spec.evaluate(eng.predict, limit=row.eval_limit).items()}
     except Exception as exc:
-        row.status = "skipped"
-        row.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-        if os.environ.get("CACC_BENCH_DEBUG"):
-            traceback.print_exc()
+        return _skipped(row, exc), None
+    return row, eng
+
+
+def _skipped(row: Row, exc: Exception) -> Row:
+    row.status = "skipped"
+    row.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    if os.environ.get("CACC_BENCH_DEBUG"):
+        traceback.print_exc()
     return row
+
+
+def time_rows(prepared: Sequence[tuple[Row, Engine | None]], s: Settings) -> None:
+    """Fill in each row's median latency, timing the engines in ``s.rounds`` round-robin rounds.
+
+    Each round times every engine for its share of ``s.repeat`` runs (after ``s.warmup`` untimed runs),
+    starting one engine later than the round before; the median is over all rounds' runs, so a slow
+    phase of a shared machine hits every engine alike instead of whichever row ran during it.
+    """
+    live = [(row, eng) for row, eng in prepared if eng is not None]
+    if not live:
+        return
+    samples: dict[int, list[float]] = {id(row): [] for row, _ in live}
+    rounds = max(1, s.rounds)
+    per_round = max(3, -(-s.repeat // rounds))
+    for r in range(rounds):
+        start = r % len(live)
+        for row, eng in live[start:] + live[:start]:
+            if row.status != "ok":
+                continue
+            try:
+                samples[id(row)] += time_samples(
+                    eng.timed, repeat=per_round, warmup=s.warmup, budget_s=s.time_budget / rounds, sync=eng.sync
+                )
+            except Exception as exc:
+                _skipped(row, exc)
+    for row, _ in live:
+        if row.status == "ok" and samples[id(row)]:
+            row.latency_ms, row.repeat = float(statistics.median(samples[id(row)])), len(samples[id(row)])
 
 
 def run_benchmark(model_names: Sequence[str], s: Settings, work: Path) -> list[Row]:
@@ -384,11 +429,16 @@ def run_benchmark(model_names: Sequence[str], s: Settings, work: Path) -> list[R
             rows += [Row(name, e, "skipped", f"model unavailable: {type(exc).__name__}: {exc}") for e in s.engines]
             continue
         builders = _builders(spec, onnx_path, work, s)
-        model_rows = []
+        prepared = []
         for engine in s.engines:
-            row = bench_row(name, engine, builders[engine], spec, s)
-            print(f"  {name:<20} {engine:<22} {_fmt_latency(row)}", file=sys.stderr, flush=True)
-            model_rows.append(row)
+            row, eng = prepare_row(name, engine, builders[engine], spec, s)
+            print(f"  {name:<20} {engine:<22} {_fmt_status(row)}", file=sys.stderr, flush=True)
+            prepared.append((row, eng))
+        time_rows(prepared, s)
+        model_rows = [row for row, _ in prepared]
+        for row in model_rows:
+            print(f"  {name:<20} {row.engine:<22} {_fmt_latency(row)}", file=sys.stderr, flush=True)
+        del prepared  # the engines (compiled models, sessions) of this model
         base = next((r for r in model_rows if r.engine == BASELINE and r.latency_ms), None)
         for r in model_rows:
             if base is not None and r.latency_ms is not None and base.latency_ms:
@@ -398,6 +448,12 @@ def run_benchmark(model_names: Sequence[str], s: Settings, work: Path) -> list[R
 
 
 # ---------------------------------------------------------------------------------------------- output
+
+
+def _fmt_status(row: Row) -> str:
+    if row.status != "ok":
+        return f"skipped ({row.reason})"
+    return f"built in {row.build_seconds:.1f} s" + (f", {_fmt_metric(row.metric)}" if row.metric else "")
 
 
 def _fmt_latency(row: Row) -> str:
@@ -493,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--limit", type=int, default=200, help="items for the accuracy metric at most (0: skip)")
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds of timed runs per row at most")
+    p.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds over the engines (default 3)")
     p.add_argument("--eval-budget", type=float, default=60.0, help="seconds of accuracy evaluation per row at most")
     p.add_argument("--calib", type=int, default=32, help="calibration samples for static int8 (default 32)")
     p.add_argument("--tuning-db", default=None, help="tuning database for the 'cacc x86 tuned' row")
@@ -511,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup,
         limit=args.limit,
         time_budget=args.time_budget,
+        rounds=args.rounds,
         eval_budget=args.eval_budget,
         calib=args.calib,
         engines=tuple(args.engines or ENGINES),
