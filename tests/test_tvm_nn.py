@@ -80,6 +80,28 @@ def test_layer_norm_softmax() -> None:
     check_against_ort(nodes, {"x": x}, outputs=("ln", "ln2", "sm", "lsm"), initializers=inits, atol=ATOL)
 
 
+def test_last_axis_softmax_kernel_matches_numpy_with_masked_scores() -> None:
+    """Last-axis (Log)Softmax runs as cacc's row kernel (polynomial exp); attention-style masked
+    scores (-1e4) and large logits stay exact to fp32 rounding."""
+    from backends.tvm import build, host_target
+    from tests.test_tvm_helpers import make_model, to_ir
+
+    x = rand(3, 4, 32, seed=7, low=-30.0, high=30.0)
+    x[..., 20:] = -1e4  # masked positions
+    nodes = [helper.make_node("Softmax", ["x"], ["sm"], axis=-1), helper.make_node("LogSoftmax", ["x"], ["lsm"])]
+    model = to_ir(make_model(nodes, {"x": x}, ["sm", "lsm"], {}))
+    from backends.tvm.relax_emitter import emit_relax
+
+    assert sum(gv.name_hint.startswith("cacc_softmax") for gv in emit_relax(model).get_global_vars()) == 2
+    exe = build(model, host_target(2), num_threads=2)
+    sm, lsm = exe.run({"x": x})
+    shifted = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    log_ref = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    np.testing.assert_allclose(sm, np.exp(log_ref), rtol=2e-6, atol=1e-30)
+    np.testing.assert_allclose(lsm[..., :20], log_ref[..., :20], rtol=1e-6, atol=2e-6)
+    assert (sm[..., 20:] < 1e-37).all() and (lsm[..., 20:] < -9000).all()
+
+
 def test_matmul_broadcast_and_vector() -> None:
     nodes = [
         helper.make_node("MatMul", ["a", "b"], ["y"]),

@@ -2,10 +2,11 @@
 
 TVM 0.27's Relax VM has no built-in profiler, so this tool runs cacc's CPU pipeline up to the
 scheduled IRModule, builds every PrimFunc on its own, times it with random arguments, and
-multiplies by the number of calls the model makes. The total is close to (slightly below) the
-model's latency: reshapes (views at run time), the VM's own overhead and cache effects between kernels are not counted.
+multiplies by the number of calls the model makes. Measured on EfficientNet-Lite0, the model's latency
+lies between the total with warm caches (the default: each kernel's weights stay in cache between
+runs) and with ``--cold`` caches; the VM's own overhead is small.
 
-    python tools/profile_kernels.py efficientnet_lite0 [--passes quantize_int8] [--top 25]
+    python tools/profile_kernels.py efficientnet_lite0 [--quant int8|int4] [--top 25]
 """
 
 from __future__ import annotations
@@ -60,11 +61,16 @@ def reduction_flops(func: tvm.tirx.PrimFunc) -> float:
 
 
 def profile_module(
-    mod: tvm.IRModule, target: tvm.target.Target, flops: dict[str, float] | None = None, runs: int = 20
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    flops: dict[str, float] | None = None,
+    runs: int = 20,
+    cold: bool = False,
 ) -> list[KernelTime]:
     """Time every scheduled PrimFunc of ``mod`` (the output of cacc's schedule passes), slowest total first.
 
-    ``flops`` (by function name) gives each kernel's operation count for the GFLOP/s column.
+    ``flops`` (by function name) gives each kernel's operation count for the GFLOP/s column. ``cold`` flushes
+    the CPU caches of every argument but the first before each run (weights then come from memory).
     """
     flops = flops or {}
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
@@ -84,7 +90,8 @@ def profile_module(
             shape, dtype = [int(d) for d in a.shape], str(a.dtype)
             data = rng.standard_normal(shape) if dtype.startswith("float") else rng.integers(0, 4, shape)
             args.append(tvm.runtime.tensor(np.asarray(data).astype(dtype), dev))
-        timer = rt.time_evaluator(rt.entry_name, dev, number=1, repeat=runs)
+        preproc = "cache_flush_cpu_non_first_arg" if cold else ""
+        timer = rt.time_evaluator(rt.entry_name, dev, number=1, repeat=runs, f_preproc=preproc)
         seconds = float(np.median(timer(*args).results))
         out.append(KernelTime(gv.name_hint, calls[gv.name_hint], seconds, flops.get(gv.name_hint, 0.0), shapes))
     return sorted(out, key=lambda k: -k.total_ms)
@@ -118,20 +125,24 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="shipped model name")
-    ap.add_argument("--passes", nargs="*", default=None, help="compression passes (e.g. quantize_int8)")
+    ap.add_argument("--quant", choices=("int8", "int4"), default=None, help="the benchmark's quantization recipe")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--cold", action="store_true", help="flush caches (but the first argument's) before each run")
     args = ap.parse_args()
 
     spec = models.get(args.model)
     kwargs: dict[str, object] = {}
-    if args.passes:
-        kwargs = {"passes": args.passes, "calibration": spec.calibration_data[:16]}
+    if args.quant:
+        from benchmark import quant_recipe  # tools/benchmark.py, beside this script
+
+        passes, options = quant_recipe(args.quant, spec.name)
+        kwargs = {"passes": passes, "pass_options": options, "calibration": spec.calibration_data[:32]}
     cm = compiler.compile(spec.module, spec.example_inputs, target="x86", num_threads=args.threads, **kwargs)  # type: ignore[arg-type]
     target = host_target(args.threads)
     set_num_threads(args.threads)
     mod, flops = scheduled_module(cm.ir, target)
-    rows = profile_module(mod, target, flops)
+    rows = profile_module(mod, target, flops, cold=args.cold)
     total = sum(r.total_ms for r in rows)
     head = f"{'kernel':<30} {'first two arguments':<24} {'calls':>5} {'us/call':>9} {'GFLOP/s':>8} {'ms total':>9}"
     print(f"{head} {'share':>6}")

@@ -87,14 +87,16 @@ def extract_tasks(fused: tvm.IRModule, target: tvm.target.Target) -> list[Task]:
 
 
 def _hand_scheduled(func: object) -> bool:
-    """Already scheduled, or one of cacc's register-tiled kernels (``cacc.kernel``, integer
-    ``cacc.qkernel``), whose hand schedule beats what a generic search finds in a practical budget:
-    not a tuning task."""
+    """Already scheduled, or one of cacc's hand kernels (register-tiled ``cacc.kernel``, integer
+    ``cacc.qkernel``, row-wise softmax ``cacc.rowwise``), whose hand schedule beats what a generic
+    search finds in a practical budget: not a tuning task."""
     from backends.tvm.schedules.qgemm import QKERNEL_ATTR
+    from backends.tvm.schedules.softmax import ROWWISE_ATTR
     from backends.tvm.schedules.tiled import KERNEL_ATTR
 
     attrs = getattr(func, "attrs", None)
-    return attrs is not None and any(a in attrs for a in ("tirx.is_scheduled", KERNEL_ATTR, QKERNEL_ATTR))
+    hand = ("tirx.is_scheduled", KERNEL_ATTR, QKERNEL_ATTR, ROWWISE_ATTR)
+    return attrs is not None and any(a in attrs for a in hand)
 
 
 def fused_module(model: ir.Model | tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

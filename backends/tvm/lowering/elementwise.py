@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 from scipy import special
-from tvm import relax
+from tvm import relax, te, tirx
 
 from backends.tvm.lowering.common import (
     EmitContext,
@@ -23,9 +23,19 @@ from backends.tvm.lowering.common import (
     relax_dtype,
     scalar,
 )
+from backends.tvm.schedules.epilogue import activation_expr, fast_erf
 from compiler.errors import BackendError
 
 R = relax.op
+
+
+def emit_pointwise_te(
+    ctx: EmitContext, x: relax.Expr, fn: Callable[[tirx.PrimExpr], tirx.PrimExpr], name: str
+) -> relax.Expr:
+    """``fn`` applied to every element of ``x`` as a TE compute: unlike Relax's ``erf`` / ``gelu`` (libm calls,
+    one element at a time) the expression vectorises, and it still fuses with neighbouring elementwise ops."""
+    return ctx.bb.emit_te(lambda t: te.compute(t.shape, lambda *i: fn(t(*i)), name=name), x, primfunc_name_hint=name)
+
 
 # ------------------------------------------------------------------ binary / variadic
 
@@ -184,6 +194,8 @@ def lower_unary(ctx: EmitContext, node: ir.Node) -> list[Out]:
         raise BackendError(f"{node.op_type} needs an input", node=node.name)
     if all_inputs_known(ctx, node):
         return [np.asarray(nfn(ctx.arr(x))).astype(_out_dtype(node), copy=False)]  # type: ignore[arg-type]
+    if node.op_type == "Erf" and ctx.dtype(x) == "float32":
+        return [emit_pointwise_te(ctx, ctx.expr(x), fast_erf, "erf")]
     return [ctx.emit(rfn(ctx.expr(x)))]
 
 
@@ -258,6 +270,8 @@ def apply_activation(ctx: EmitContext, x: relax.Expr, name: str, params: Sequenc
         hs = R.clip(R.add(R.multiply(x, c(alpha)), c(beta)), 0.0, 1.0)
         return ctx.emit(hs if name == "HardSigmoid" else R.multiply(x, hs))
     if name == "Gelu":
+        if dt == "float32":
+            return emit_pointwise_te(ctx, x, lambda v: activation_expr(v, "Gelu", ()), "gelu")
         return ctx.emit(R.nn.gelu(x))
     if name == "GeluTanh":
         return ctx.emit(R.nn.gelu_tanh(x))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +22,9 @@ from backends.tvm.lowering.common import (
     norm_axis,
     scalar,
 )
-from backends.tvm.lowering.kernels import emit_batch_matmul, emit_conv2d, emit_dense
+from backends.tvm.lowering.kernels import call_kernel, emit_batch_matmul, emit_conv2d, emit_dense, static_shape
+from backends.tvm.schedules.softmax import softmax_func
+from backends.tvm.schedules.tiling import target_lanes
 from compiler.errors import BackendError
 
 R = relax.op
@@ -310,7 +313,15 @@ def lower_softmax(ctx: EmitContext, node: ir.Node) -> list[Out]:
     """Softmax / LogSoftmax along ``axis`` (opset >= 13 semantics)."""
     x = ctx.expr(node.inputs[0])  # type: ignore[arg-type]
     axis = norm_axis(attr(node, "axis", -1), ctx.rank(x), node)
-    fn = R.nn.softmax if node.op_type == "Softmax" else R.nn.log_softmax
+    log = node.op_type == "LogSoftmax"
+    shape = static_shape(ctx, x)
+    lanes = target_lanes().lanes
+    if shape and axis == len(shape) - 1 and shape[-1] % lanes == 0 and ctx.dtype(x) == "float32":
+        rows, n = math.prod(shape[:-1]), shape[-1]
+        flat = ctx.emit(R.reshape(x, [rows, n]))
+        y = call_kernel(ctx, softmax_func(rows, n, lanes, log=log), "cacc_softmax", [flat], [rows, n], "float32")
+        return [ctx.emit(R.reshape(y, shape))]
+    fn = R.nn.log_softmax if log else R.nn.softmax
     return [ctx.emit(fn(x, axis=axis))]
 
 
