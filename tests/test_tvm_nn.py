@@ -102,6 +102,24 @@ def test_last_axis_softmax_kernel_matches_numpy_with_masked_scores() -> None:
     assert (sm[..., 20:] < 1e-37).all() and (lsm[..., 20:] < -9000).all()
 
 
+def test_last_axis_layer_norm_kernel_matches_float64() -> None:
+    """Last-axis LayerNormalization runs as cacc's row kernel (two-pass mean / variance): rows with a
+    large common offset keep fp32 accuracy against a float64 reference."""
+    from backends.tvm import build, host_target
+    from backends.tvm.relax_emitter import emit_relax
+    from tests.test_tvm_helpers import make_model, to_ir
+
+    x = rand(2, 16, 64, seed=3) + np.float32(100.0)
+    s, b = rand(64, seed=4), rand(64, seed=5)
+    nodes = [helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=-1, epsilon=1e-5)]
+    model = to_ir(make_model(nodes, {"x": x}, ["y"], {"s": s, "b": b}))
+    assert any(gv.name_hint.startswith("cacc_layer_norm") for gv in emit_relax(model).get_global_vars())
+    (y,) = build(model, host_target(2), num_threads=2).run({"x": x})
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
+    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5) * s + b, rtol=1e-4, atol=1e-4)
+
+
 def test_matmul_broadcast_and_vector() -> None:
     nodes = [
         helper.make_node("MatMul", ["a", "b"], ["y"]),

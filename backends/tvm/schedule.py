@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.target import Target
 
 from backends.tvm.schedules.qgemm import QKERNEL_ATTR, schedule_qgemm
-from backends.tvm.schedules.softmax import ROWWISE_ATTR, schedule_softmax
+from backends.tvm.schedules.rowwise import ROWWISE_ATTR, schedule_rowwise
 from backends.tvm.schedules.tiled import KERNEL_ATTR, schedule_tiled
 from backends.tvm.schedules.tiling import target_lanes
 
@@ -117,7 +117,7 @@ def safe_default_schedule(target: Target, rules: Sequence[dl.ScheduleRule] | Non
         if func.attrs is not None and QKERNEL_ATTR in func.attrs:
             return schedule_qgemm(func, target).mod["main"].with_attr("tirx.is_scheduled", True)
         if func.attrs is not None and ROWWISE_ATTR in func.attrs:
-            return schedule_softmax(func).mod["main"].with_attr("tirx.is_scheduled", True)
+            return schedule_rowwise(func).mod["main"].with_attr("tirx.is_scheduled", True)
         if func.attrs is not None and KERNEL_ATTR in func.attrs:
             lanes = target_lanes(target).lanes
             return schedule_tiled(func, lanes).mod["main"].with_attr("tirx.is_scheduled", True)

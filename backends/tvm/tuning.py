@@ -91,7 +91,7 @@ def _hand_scheduled(func: object) -> bool:
     ``cacc.qkernel``, row-wise softmax ``cacc.rowwise``), whose hand schedule beats what a generic
     search finds in a practical budget: not a tuning task."""
     from backends.tvm.schedules.qgemm import QKERNEL_ATTR
-    from backends.tvm.schedules.softmax import ROWWISE_ATTR
+    from backends.tvm.schedules.rowwise import ROWWISE_ATTR
     from backends.tvm.schedules.tiled import KERNEL_ATTR
 
     attrs = getattr(func, "attrs", None)

@@ -23,7 +23,7 @@ from backends.tvm.lowering.common import (
     scalar,
 )
 from backends.tvm.lowering.kernels import call_kernel, emit_batch_matmul, emit_conv2d, emit_dense, static_shape
-from backends.tvm.schedules.softmax import softmax_func
+from backends.tvm.schedules.rowwise import layer_norm_func, softmax_func
 from backends.tvm.schedules.tiling import target_lanes
 from compiler.errors import BackendError
 
@@ -305,6 +305,14 @@ def lower_layer_norm(ctx: EmitContext, node: ir.Node) -> list[Out]:
         if ctx.shape(beta) != norm_shape:
             beta = ctx.emit(R.broadcast_to(beta, norm_shape))
     eps = float(attr(node, "epsilon", 1e-5))
+    shape = static_shape(ctx, x)
+    lanes = target_lanes().lanes
+    if shape and axis == rank - 1 and shape[-1] % lanes == 0 and ctx.dtype(x) == "float32":
+        rows, n = math.prod(shape[:-1]), shape[-1]
+        flat = ctx.emit(R.reshape(x, [rows, n]))
+        func = layer_norm_func(rows, n, lanes, eps)
+        y = call_kernel(ctx, func, "cacc_layer_norm", [flat, gamma, beta], [rows, n], "float32")
+        return [ctx.emit(R.reshape(y, shape))]
     return [ctx.emit(R.nn.layer_norm(x, gamma, beta, axes=axes, epsilon=eps))]
 
 
