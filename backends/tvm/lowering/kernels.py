@@ -14,10 +14,10 @@ from tvm import relax, tirx
 
 from backends.tvm.lowering.common import EmitContext
 from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile, conv_candidates, gemm_candidates
-from backends.tvm.schedules.conv import conv_func, pack_conv_weight, plan_conv
+from backends.tvm.schedules.conv import DEPTHWISE_TILES, conv_func, pack_conv_weight, plan_conv
 from backends.tvm.schedules.epilogue import SUPPORTED
 from backends.tvm.schedules.gemm import GemmPlan, gemm_func, pack_lhs, pack_rhs
-from backends.tvm.schedules.tiling import pick_tile, target_lanes
+from backends.tvm.schedules.tiling import fits_registers, pick_tile, target_lanes
 
 R = relax.op
 
@@ -153,7 +153,8 @@ def emit_conv2d(
     local = int(depthwise and padded and all(int(v) == 1 for v in strides))
     default = {"mr": base.mr, "nb": base.nb, "local_pad": local}
     rows = base.oh if depthwise else base.co
-    candidates = conv_candidates(rows, base.ow, cfg, default, 4 if depthwise else 8, padded)
+    dw_tiles = [(mr, v * cfg.lanes) for mr, v in DEPTHWISE_TILES if fits_registers(mr, v, cfg)] if depthwise else None
+    candidates = conv_candidates(rows, base.ow, cfg, default, 4 if depthwise else 8, padded, dw_tiles)
 
     def make(t: Tile) -> tirx.PrimFunc:
         tile = (t["mr"], t["nb"])

@@ -15,14 +15,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tvm import tirx
 
-from backends.tvm.schedules.tiling import TileConfig, ceil_to
+from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
 
 Tile = dict[str, int]
 
@@ -84,11 +84,10 @@ def choose_tile(wl: KernelWorkload) -> Tile:
 
 def _ranked_tiles(rows: int, cols: int, cfg: TileConfig, max_rows: int, count: int) -> list[tuple[int, int]]:
     """The ``count`` register tiles ``(mr, nb)`` that waste the least padding (bigger tiles first on ties)."""
-    budget = cfg.registers - 3
     scored = []
     for vecs in (1, 2, 3, 4):
         for mr in range(1, max_rows + 1):
-            if mr * vecs > budget:
+            if not fits_registers(mr, vecs, cfg):
                 continue
             nb = vecs * cfg.lanes
             waste = (ceil_to(rows, mr) * ceil_to(cols, nb)) / (rows * cols)
@@ -108,10 +107,19 @@ def gemm_candidates(rows: int, cols: int, cfg: TileConfig, default: Tile, *, ord
     return out
 
 
-def conv_candidates(rows: int, cols: int, cfg: TileConfig, default: Tile, max_rows: int, pads: bool) -> list[Tile]:
-    """Conv tiles: the default, the least-padding tiles, with and without per-tile padding when it pads."""
+def conv_candidates(
+    rows: int,
+    cols: int,
+    cfg: TileConfig,
+    default: Tile,
+    max_rows: int,
+    pads: bool,
+    tiles: Sequence[tuple[int, int]] | None = None,
+) -> list[Tile]:
+    """Conv tiles: the default, then ``tiles`` (``(mr, nb)``; default: the least-padding tiles), each with and
+    without per-tile padding when the conv pads."""
     out = [dict(default)]
-    for mr, nb in _ranked_tiles(rows, cols, cfg, max_rows, 4):
+    for mr, nb in tiles if tiles is not None else _ranked_tiles(rows, cols, cfg, max_rows, 4):
         for lp in (0, 1) if pads else (0,):
             t = {"mr": mr, "nb": nb, "local_pad": lp}
             if all(tile_json(t) != tile_json(o) for o in out):
