@@ -73,3 +73,22 @@ def test_time_callable_caps_repetitions_by_budget() -> None:
     assert 3 <= n <= 5  # 0.1 s budget / >= 0.02 s per run, instead of 50
     assert len(calls) == 2 + n
     assert median >= 20.0
+
+
+def test_time_rows_rotates_engines_over_rounds_and_keeps_skipped_rows() -> None:
+    order: list[str] = []
+
+    def engine(name: str) -> benchmark.Engine:
+        return benchmark.Engine(predict=lambda *a: None, timed=lambda: order.append(name), size_bytes=1)
+
+    rows = [benchmark.Row("m", e) for e in ("a", "b", "c")]
+    skipped = benchmark.Row("m", "d", status="skipped", reason="no")
+    prepared = [(rows[0], engine("a")), (rows[1], engine("b")), (rows[2], engine("c")), (skipped, None)]
+    s = benchmark.Settings(repeat=9, warmup=1, rounds=3, time_budget=60.0)
+    benchmark.time_rows(prepared, s)
+    # per round: each engine runs 1 warm-up + 3 timed runs, starting one engine later each round
+    firsts = [order[i] for i in range(0, len(order), 4)]
+    assert firsts == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    for row in rows:
+        assert row.status == "ok" and row.repeat == 9 and row.latency_ms is not None and row.latency_ms >= 0
+    assert skipped.latency_ms is None and skipped.status == "skipped"

@@ -1,0 +1,36 @@
+"""tools/profile_kernels.py: call counts and operation counts of a model's kernels."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from onnx import helper
+
+from backends.tvm import host_target
+from tests.test_tvm_helpers import make_model, rand, to_ir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import profile_kernels
+
+
+def test_profile_counts_calls_and_flops_of_each_kernel() -> None:
+    x = rand(16, 64)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Softmax", ["h"], ["s1"], axis=-1),
+        helper.make_node("MatMul", ["s1", "w2"], ["h2"]),
+        helper.make_node("Softmax", ["h2"], ["y"], axis=-1),
+    ]
+    w = rand(64, 32, seed=1)
+    model = to_ir(make_model(nodes, {"x": x}, ["y"], {"w": w, "w2": rand(32, 32, seed=2)}))
+    target = host_target(2)
+    mod, flops = profile_kernels.scheduled_module(model, target)
+    rows = {r.name: r for r in profile_kernels.profile_module(mod, target, flops, runs=3)}
+    softmax = [r for name, r in rows.items() if name.startswith("cacc_softmax")]
+    assert len(softmax) == 1 and softmax[0].calls == 2  # one [16, 32] row kernel, called twice
+    dense = sorted((r for name, r in rows.items() if name.startswith("cacc_dense")), key=lambda r: -r.flops)
+    assert [r.calls for r in dense] == [1, 1]
+    # the 16x64 @ 64x32 GEMM: 2 * M * K * N operations (its row tile pads M, so allow the padding)
+    assert 2 * 16 * 64 * 32 <= dense[0].flops <= 2 * 18 * 64 * 32
+    assert all(r.seconds > 0 and r.total_ms == r.calls * r.seconds * 1e3 for r in rows.values())
