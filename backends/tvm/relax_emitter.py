@@ -17,6 +17,7 @@ from backends.tvm.lowering import quant as _quant  # noqa: F401  (registers the 
 from backends.tvm.lowering.common import np_dtype, relax_dtype
 from backends.tvm.lowering.qconv import lower_integer_conv
 from backends.tvm.lowering.qmatmul import lower_integer
+from backends.tvm.lowering.qweight import lower_weight_only
 from compiler.errors import BackendError
 
 
@@ -91,6 +92,8 @@ def _emit_node(ctx: EmitContext, node: ir.Node, index: int) -> None:
         integer = lower_integer(ctx, node)  # quantized matmul / pointwise conv patterns -> integer kernels
         if integer is None:
             integer = lower_integer_conv(ctx, node)
+        if integer is None:
+            integer = lower_weight_only(ctx, node)  # 4-bit weights unpacked in the kernel
         outs = integer if integer is not None else list(fn(ctx, node))
     except BackendError as exc:
         if exc.node is None:

@@ -56,6 +56,21 @@ class GemmPlan:
         return ceil_to(self.n, self.nb)
 
 
+def pack_rhs_nibbles(u: np.ndarray, nb: int) -> np.ndarray:
+    """4-bit values ``u`` ``[K, N]`` (0..15) -> ``[ceil(N/nb), ceil(K/2), nb]`` bytes, rows ``2i`` / ``2i+1`` in
+    the low / high nibble (zero padded): unpacking a panel row shifts every byte by the same amount."""
+    k, n = u.shape
+    padded = np.zeros((ceil_to(k, 2), ceil_to(n, nb)), dtype=np.uint8)
+    padded[:k, :n] = u
+    pairs = padded[0::2] | (padded[1::2] << 4)
+    return np.ascontiguousarray(pairs.reshape(pairs.shape[0], -1, nb).transpose(1, 0, 2))
+
+
+def pack_group_params(p: np.ndarray, nb: int) -> np.ndarray:
+    """Per-group parameters ``[G, N]`` -> ``[ceil(N/nb), G, nb]`` (zero padded), beside :func:`pack_rhs_nibbles`."""
+    return pack_rhs(p, nb)
+
+
 def plan_gemm(batch: int, m: int, k: int, n: int, cfg: TileConfig, tile: tuple[int, int] | None = None) -> GemmPlan:
     """Choose the register tile for a GEMM (``tile``: an explicit ``(mr, nb)``)."""
     mr, nb = tile if tile is not None else pick_tile(m, n, cfg)
@@ -85,6 +100,7 @@ def gemm_func(
     activation_params: Sequence[float] = (),
     rows_outer: bool | None = None,
     pack_rhs_panels: bool = False,
+    rhs_int4_group: int = 0,
 ) -> tirx.PrimFunc:
     """PrimFunc ``(L, R[, bias], out)``: ``out[b] = act(L[b] @ R[b] + bias)``.
 
@@ -94,6 +110,12 @@ def gemm_func(
     order (row tiles outside column tiles); by default column tiles are outside when ``R`` is packed.
     ``pack_rhs_panels`` copies a run-time ``R`` into contiguous ``K x nb`` column panels first (its
     rows are then read as one stream instead of ``K`` strided cache lines per tile).
+
+    ``rhs_int4_group`` (> 0) makes ``R`` a constant 4-bit weight: bytes ``[Np/nb, ceil(K/2), nb]``
+    (:func:`pack_rhs_nibbles`) followed by two ``[Np/nb, G, nb]`` fp32 arguments ``S`` and ``C``
+    (groups of ``rhs_int4_group`` rows), ``R[k, j] = nibble(k, j) * S[k // g, j] + C[k // g, j]``. Each
+    column panel is unpacked to fp32 once per parallel task (``R_unpack``, vectorised) and reused by
+    every row tile, so the kernel runs at fp32 GEMM speed with 4-bit weights in memory.
     """
     p = plan
     mr, nb = p.mr, p.nb
@@ -104,7 +126,24 @@ def gemm_func(
         lhs = te.placeholder((p.batch, p.m, p.k), dtype, name="L")
         lp = _pad2(lhs, p.mp, p.k, "L_pad")
         lval = lambda b, io, ii, k: lp[b, io * mr + ii, k]  # noqa: E731
-    if rhs_packed:
+    extra: list[te.Tensor] = []
+    if rhs_int4_group:
+        g = rhs_int4_group
+        groups = -(-p.k // g)
+        rhs = te.placeholder((p.np_ // nb, -(-p.k // 2), nb), "uint8", name="R")
+        scale = te.placeholder((p.np_ // nb, groups, nb), dtype, name="S")
+        offset = te.placeholder((p.np_ // nb, groups, nb), dtype, name="C")
+        extra = [scale, offset]
+
+        def unpack(jo: tirx.Var, k: tirx.Var, ji: tirx.Var) -> tirx.PrimExpr:
+            shift = (k % 2 * 4).astype("uint8")
+            nibble = tirx.bitwise_and(tirx.shift_right(rhs[jo, k // 2, ji], shift), tirx.const(15, "uint8"))
+            return nibble.astype(dtype) * scale[jo, k // g, ji] + offset[jo, k // g, ji]
+
+        unpacked = te.compute((p.np_ // nb, p.k, nb), unpack, name="R_unpack")
+        rval = lambda b, k, jo, ji: unpacked[jo, k, ji]  # noqa: E731
+        rows_outer = False  # column panels outside: each is unpacked once per parallel task
+    elif rhs_packed:
         rhs = te.placeholder((p.np_ // nb, p.k, nb), dtype, name="R")
         rval = lambda b, k, jo, ji: rhs[jo, k, ji]  # noqa: E731
     elif pack_rhs_panels:
@@ -126,7 +165,7 @@ def gemm_func(
         lambda b, io, ii, jo, ji: te.sum(lval(b, io, ii, rk) * rval(b, rk, jo, ji), axis=rk),
         name="acc",
     )
-    args = [lhs, rhs]
+    args = [lhs, rhs, *extra]
     bias_t = None
     if bias:
         bias_t = te.placeholder((p.n,) if bias == "col" else (p.m,), dtype, name="bias")

@@ -6,7 +6,8 @@ reading ``acc``. The schedule splits a *row* axis by ``mr`` and a *column* axis 
 orders ``outer spatial loops -> reductions -> (row tile, column tile)``, keeps the
 ``mr x nb`` accumulator tile local (registers), unrolls its rows, vectorises its columns,
 runs the outer loops in parallel and computes the epilogue per tile. With the ``local_pad`` flag
-the padding blocks are computed per parallel tile too (no separate pass over the whole input).
+the padding blocks are computed per parallel tile too (no separate pass over the whole input); a
+block named ``*_unpack`` (a low-bit weight panel decoded to fp32) is also vectorised there.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     acc = sch.get_sblock("acc")
     out = sch.get_sblock("out")
     pads = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint not in ("acc", "out")]
-    if not local_pad:
-        for blk in pads:
+    # per-tile blocks: the padding with ``local_pad``, and always a low-bit weight panel decoded to fp32
+    local = [b for b in pads if local_pad or sch.get(b).name_hint.endswith("_unpack")]
+    for blk in pads:
+        if blk not in local:
             _vectorize_injective(sch, blk, lanes)
     loops = sch.get_loops(acc)
     n_spatial = len(sch.get(acc).iter_vars) - sum(
@@ -58,9 +61,14 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     # parallel over all but the last outer loop (the tile loop the epilogue attaches to)
     par = sch.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
     sch.parallel(par)
-    for blk in reversed(pads) if local_pad else []:
+    for blk in reversed(local):
         # the padded input region of one parallel tile, built (in cache) right before it is read
         sch.compute_at(blk, par, preserve_unit_loops=True)
+        if sch.get(blk).name_hint.endswith("_unpack"):  # a weight panel unpacked per tile: vectorised
+            inner = sch.get_loops(blk)[-1]
+            extent = sch.get(inner).extent
+            if isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0:
+                sch.vectorize(sch.split(inner, factors=[None, lanes])[1])
     sch.reverse_compute_at(out, outer[-1], preserve_unit_loops=True)
     o_loops = sch.get_loops(out)
     inner = o_loops[-1]
