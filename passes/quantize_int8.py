@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from compiler.cost import COST_NOTE
 from compiler.errors import PassError
 from compiler.ir.ops.registry import attr
 from compiler.ir.shapes import infer_shapes
@@ -39,7 +40,7 @@ from passes.base import LayerRecord, Pass, register_pass
 from passes.quant.bias_correction import MIN_POSITIONS, bias_sites, correct_biases, float_channel_means
 from passes.quant.calibration import METHODS, TensorObserver, observe
 from passes.quant.conv_gptq import gptq_weights
-from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, plan_quantization
+from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, QuantPlan, plan_quantization
 from passes.quant.layers import (
     QUANTIZABLE_OPS,
     QuantLayer,
@@ -497,9 +498,13 @@ class QuantizeInt8Pass(Pass):
             tolerance=opts.tolerance,
             samples=opts.diagnosis_samples,
         )
+        moved = _requantize_for_ort(plan, opts) if target == "onnx" and opts.quantize_outputs else set()
         sites = bias_sites(plan.quantize) if opts.bias_correction else {}
         means = float_channel_means(model, sites, bc_feeds) if sites else {}
         records = quantize_layers(model, plan.quantize, stats, opts, pass_name=self.name, weights=weights)
+        for record in records:
+            if record.node in moved:
+                record.note = ORT_WEIGHT_NOTE
         if sites:
             shifts = correct_biases(model, sites, means, bc_feeds, min_positions=opts.bias_correction_min_positions)
             for record in records:
@@ -517,6 +522,36 @@ class QuantizeInt8Pass(Pass):
             records += quantize_embeddings(model, opts, self.name)
         self.context.layers.extend(sorted(kept + records, key=lambda r: order.get(r.node, len(order))))
         return ir.passes.PassResult(model, any(r.weight_bits is not None for r in records))
+
+
+#: Note of a layer the cost model would keep in float but that ONNX Runtime would quantize anyway.
+ORT_WEIGHT_NOTE = (
+    "quantized although the cost model would keep it in float: its input is dequantized, so ONNX Runtime's "
+    "WeightBiasQuantization would quantize its float weight per-tensor"
+)
+
+
+def _requantize_for_ort(plan: QuantPlan, opts: Int8Options) -> set[str]:
+    """On the onnx target, move to ``plan.quantize`` the Conv / Gemm layers kept in float by the cost model
+    whose data input is a quantized activation: ONNX Runtime's ``WeightBiasQuantization`` turns a float-weight
+    Conv / Gemm fed by a per-tensor ``DequantizeLinear`` into an integer one with a *per-tensor* int8 weight,
+    which is much worse than this pass's per-channel weights (BN-folded depthwise convs in particular)."""
+    dequantized = set(plan_sites(plan.quantize, opts))
+    moved = []
+    for layer, note in plan.kept:
+        x = layer.activation
+        if (
+            note.startswith(COST_NOTE)
+            and layer.op_type in ("Conv", "Gemm")
+            and x is not None
+            and x.name in dequantized
+            and layer_settings(layer.name, opts) is not None
+        ):
+            moved.append(layer)
+    if moved:
+        plan.kept = [(layer, note) for layer, note in plan.kept if layer not in moved]
+        plan.quantize = [*plan.quantize, *moved]
+    return {layer.name for layer in moved}
 
 
 def cost_check_enabled(opts: Int8Options, target: str | None) -> bool:

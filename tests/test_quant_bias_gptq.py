@@ -180,3 +180,31 @@ def test_option_errors(options: dict, message: str) -> None:
     ctx = PassContext(options={"quantize_int8": options}, calibration=[{"x": np.ones((1, 4), np.float32)}])
     with pytest.raises(PassError, match=message):
         QuantizeInt8Pass(ctx)(model)
+
+
+def test_onnx_target_quantizes_float_convs_that_ort_would_quantize_per_tensor() -> None:
+    """A depthwise conv between two quantized pointwise convs: the cost model keeps it in float, but its input is
+    dequantized, so ORT's WeightBiasQuantization would give it a per-tensor weight; the pass quantizes it itself
+    on the onnx target (per-channel) and says why; on x86 the float conv stays float."""
+    rng = np.random.default_rng(0)
+    c, s = 64, 28
+    pw = (rng.standard_normal((c, c, 1, 1)) * 0.2).astype(np.float32)
+    dw = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "pw"], ["a"], name="pw1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "dw"], ["d"], name="dw", group=c, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "pw"], ["y"], name="pw2"),
+    ]
+    proto = make_model(nodes, [tensor("x", [1, c, s, s])], [tensor("y", [1, c, s, s])], [("pw", pw), ("dw", dw)])
+    calib = [{"x": rng.standard_normal((1, c, s, s)).astype(np.float32)} for _ in range(2)]
+    records = {}
+    for target in ("onnx", "x86"):
+        ctx = PassContext(calibration=calib, target=target)
+        QuantizeInt8Pass(ctx)(to_ir(proto))
+        records[target] = {r.node: r for r in ctx.layers}
+    assert records["onnx"]["pw1"].weight_bits == 8
+    dw_onnx = records["onnx"]["dw"]
+    assert dw_onnx.weight_bits == 8 and "WeightBiasQuantization" in dw_onnx.note, dw_onnx
+    assert records["x86"]["dw"].action == "kept fp32" and "depthwise" in records["x86"]["dw"].note
