@@ -31,13 +31,16 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from compiler.cost import COST_NOTE
 from compiler.errors import PassError
 from compiler.ir.ops.registry import attr
 from compiler.ir.shapes import infer_shapes
 from passes._utils import Namer, add_initializer, constant, is_onnx_op, node_label, rank, take_over
 from passes.base import LayerRecord, Pass, register_pass
+from passes.quant.bias_correction import MIN_POSITIONS, bias_sites, correct_biases, float_channel_means
 from passes.quant.calibration import METHODS, TensorObserver, observe
-from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, plan_quantization
+from passes.quant.conv_gptq import gptq_weights
+from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, QuantPlan, plan_quantization
 from passes.quant.layers import (
     QUANTIZABLE_OPS,
     QuantLayer,
@@ -50,6 +53,9 @@ from passes.quant.layers import (
 from passes.quant.scheme import QuantParams, quantize_weight, scale_zero_point
 
 _OVERRIDE_KEYS = ("method", "percentile", "activation_symmetric")
+
+#: Values of ``Int8Options.weight_rounding``.
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 #: Targets on which the cost check is on by default (``cost_check=None``).
 COST_CHECK_TARGETS = ("x86", "arm", "onnx")
@@ -88,11 +94,26 @@ class Int8Options:
     #: None: on for the CPU targets (x86, arm, onnx), off for cuda (see :func:`cost_check_enabled`).
     cost_check: bool | None = None
     diagnosis_samples: int = DIAGNOSIS_SAMPLES  #: calibration samples the diagnosis and the guard run
+    #: empirical bias correction (:mod:`passes.quant.bias_correction`): move each quantized layer's mean output
+    #: shift, measured sequentially on the calibration set against the float model, into its bias
+    bias_correction: bool = False
+    #: weight rounding: "nearest", or "gptq" (:mod:`passes.quant.conv_gptq`: error-compensating rounding with
+    #: calibration Hessians, per-channel scales unchanged; conv Hessians over input patches)
+    weight_rounding: str = "nearest"
+    gptq_damp: float = 0.01  #: GPTQ dampening, as a fraction of mean(diag H)
+    #: fewest samples x positions a channel mean needs for bias correction (fewer: that layer is left alone)
+    bias_correction_min_positions: int = MIN_POSITIONS
 
     def __post_init__(self) -> None:
         _check_method(self.method, self.percentile)
         if self.tolerance is not None and not self.tolerance >= 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(f"unknown weight_rounding '{self.weight_rounding}'; known: {', '.join(WEIGHT_ROUNDINGS)}")
+        if not self.gptq_damp > 0:
+            raise ValueError(f"gptq_damp must be > 0, got {self.gptq_damp}")
+        if self.bias_correction_min_positions < 1:
+            raise ValueError(f"bias_correction_min_positions must be >= 1, got {self.bias_correction_min_positions}")
         if self.diagnosis_samples < 1:
             raise ValueError(f"diagnosis_samples must be >= 1, got {self.diagnosis_samples}")
         unknown = sorted(set(self.op_types) - set(QUANTIZABLE_OPS))
@@ -340,12 +361,14 @@ def quantize_layers(
     opts: Int8Options | None = None,
     *,
     pass_name: str = "quantize_int8",
+    weights: Mapping[str, tuple[np.ndarray, QuantParams]] | None = None,
 ) -> list[LayerRecord]:
     """Quantize ``layers`` of ``model`` in place (int8 per-channel weights, Q/DQ activations with
     parameters from ``stats``, by value name, as :func:`calibrate` returns them). One record per layer.
 
     ``layers`` must come from ``find_layers`` on this ``model`` (after :func:`prepare_model`); a layer
-    overridden to ``"fp32"`` is recorded as kept."""
+    overridden to ``"fp32"`` is recorded as kept. ``weights`` holds precomputed ``(codes, params)`` by layer
+    name (GPTQ rounding); other layers are rounded to nearest."""
     opts = opts or Int8Options()
     graph = model.graph
     namer = Namer(graph)
@@ -356,9 +379,11 @@ def quantize_layers(
         if settings is None:
             records.append(_kept(layer, pass_name, before, "kept fp32 by a per-layer override"))
             continue
-        w = layer.weight_array()
         bits = 7 if opts.reduce_range else 8
-        q, params = quantize_weight(w, layer.out_axis, layer.reduce_axis, bits, symmetric=True)
+        if weights is not None and layer.name in weights:
+            q, params = weights[layer.name]
+        else:
+            q, params = quantize_weight(layer.weight_array(), layer.out_axis, layer.reduce_axis, bits, symmetric=True)
         dq = quantize_weight_in_place(graph, layer, q, replace(params, bits=8), namer=namer)
         after = sum(weight_bytes(v) for v in dq.inputs)
         sym = "s8" if settings.symmetric else "u8"
@@ -367,7 +392,8 @@ def quantize_layers(
                 layer.name,
                 layer.op_type,
                 pass_name,
-                f"int8 static ({settings.method}, {sym} act{', 7-bit w' if opts.reduce_range else ''})",
+                f"int8 static ({settings.method}, {sym} act{', 7-bit w' if opts.reduce_range else ''}"
+                f"{', GPTQ w' if weights is not None and layer.name in weights else ''})",
                 8,
                 8,
                 bytes_before=before,
@@ -452,8 +478,14 @@ class QuantizeInt8Pass(Pass):
         if cost_check:
             infer_shapes(model)  # the cost model needs every layer's input shape
 
+        bc_feeds = feeds[: opts.num_samples] if opts.num_samples is not None else feeds
+        weights = None
+        if opts.weight_rounding == "gptq":
+            bits = 7 if opts.reduce_range else 8
+            weights = gptq_weights(model, layers, bc_feeds, bits, damp=opts.gptq_damp)
+
         def quantize_one(m: ir.Model, layer: QuantLayer) -> None:
-            quantize_layers(m, [layer], stats, opts, pass_name=self.name)
+            quantize_layers(m, [layer], stats, opts, pass_name=self.name, weights=weights)
 
         plan = plan_quantization(
             model,
@@ -466,7 +498,19 @@ class QuantizeInt8Pass(Pass):
             tolerance=opts.tolerance,
             samples=opts.diagnosis_samples,
         )
-        records = quantize_layers(model, plan.quantize, stats, opts, pass_name=self.name)
+        moved = _requantize_for_ort(plan, opts) if target == "onnx" and opts.quantize_outputs else set()
+        sites = bias_sites(plan.quantize) if opts.bias_correction else {}
+        means = float_channel_means(model, sites, bc_feeds) if sites else {}
+        records = quantize_layers(model, plan.quantize, stats, opts, pass_name=self.name, weights=weights)
+        for record in records:
+            if record.node in moved:
+                record.note = ORT_WEIGHT_NOTE
+        if sites:
+            shifts = correct_biases(model, sites, means, bc_feeds, min_positions=opts.bias_correction_min_positions)
+            for record in records:
+                if record.node in shifts:
+                    note = f"bias corrected ({100 * shifts[record.node]:.2g}% of the mean output)"
+                    record.note = f"{record.note}; {note}" if record.note else note
         for layer, note in plan.kept:
             record = _kept(layer, self.name, weight_bytes(layer.weight), note)
             record.error = plan.errors.get(layer.name)
@@ -478,6 +522,36 @@ class QuantizeInt8Pass(Pass):
             records += quantize_embeddings(model, opts, self.name)
         self.context.layers.extend(sorted(kept + records, key=lambda r: order.get(r.node, len(order))))
         return ir.passes.PassResult(model, any(r.weight_bits is not None for r in records))
+
+
+#: Note of a layer the cost model would keep in float but that ONNX Runtime would quantize anyway.
+ORT_WEIGHT_NOTE = (
+    "quantized although the cost model would keep it in float: its input is dequantized, so ONNX Runtime's "
+    "WeightBiasQuantization would quantize its float weight per-tensor"
+)
+
+
+def _requantize_for_ort(plan: QuantPlan, opts: Int8Options) -> set[str]:
+    """On the onnx target, move to ``plan.quantize`` the Conv / Gemm layers kept in float by the cost model
+    whose data input is a quantized activation: ONNX Runtime's ``WeightBiasQuantization`` turns a float-weight
+    Conv / Gemm fed by a per-tensor ``DequantizeLinear`` into an integer one with a *per-tensor* int8 weight,
+    which is much worse than this pass's per-channel weights (BN-folded depthwise convs in particular)."""
+    dequantized = set(plan_sites(plan.quantize, opts))
+    moved = []
+    for layer, note in plan.kept:
+        x = layer.activation
+        if (
+            note.startswith(COST_NOTE)
+            and layer.op_type in ("Conv", "Gemm")
+            and x is not None
+            and x.name in dequantized
+            and layer_settings(layer.name, opts) is not None
+        ):
+            moved.append(layer)
+    if moved:
+        plan.kept = [(layer, note) for layer, note in plan.kept if layer not in moved]
+        plan.quantize = [*plan.quantize, *moved]
+    return {layer.name for layer in moved}
 
 
 def cost_check_enabled(opts: Int8Options, target: str | None) -> bool:

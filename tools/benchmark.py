@@ -54,7 +54,14 @@ ENGINES = (
 )
 #: Quantization recipes of the cacc rows: (passes, pass options), per model where a model needs its own.
 QUANT_RECIPES: dict[str, dict[str, tuple[list[str], dict[str, dict[str, Any]]]]] = {
-    "int8": {"default": (["quantize_int8"], {})},
+    "int8": {
+        "default": (["quantize_int8"], {}),
+        # BN-folded depthwise / stem convs nearly cancel: round their weights with GPTQ and correct the biases
+        "efficientnet_lite0": (
+            ["quantize_int8"],
+            {"quantize_int8": {"weight_rounding": "gptq", "bias_correction": True}},
+        ),
+    },
     "int4": {
         "default": (
             ["quantize_weight_only"],
