@@ -44,6 +44,7 @@ from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, QuantPlan, plan_quantizati
 from passes.quant.layers import (
     QUANTIZABLE_OPS,
     QuantLayer,
+    bias_add,
     find_layers,
     insert_activation_qdq,
     matches_any,
@@ -226,23 +227,9 @@ def _gemm_to_matmul(graph: ir.Graph, layer: QuantLayer, namer: Namer) -> None:
             del graph.initializers[v.name]  # type: ignore[arg-type]
 
 
-def _bias_add(layer: QuantLayer) -> tuple[ir.Node, int, np.ndarray] | None:
-    """The single ``Add`` of a constant after ``layer`` (node, which input is the constant, its value)."""
-    out = layer.node.outputs[0]
-    uses = list(out.uses())
-    if out.is_graph_output() or len(uses) != 1:
-        return None
-    add = uses[0].node
-    if not is_onnx_op(add, "Add") or len(add.inputs) != 2:
-        return None
-    index = 1 if add.inputs[0] is out else 0
-    c = constant(add.inputs[index])
-    return (add, index, c) if c is not None else None
-
-
 def _rank_bias(graph: ir.Graph, layer: QuantLayer, namer: Namer) -> bool:
     r = rank(layer.node.outputs[0]) or rank(layer.activation)
-    found = _bias_add(layer)
+    found = bias_add(layer)
     if r is None or r < 3 or found is None:
         return False
     add, index, c = found
@@ -283,7 +270,7 @@ def output_site(layer: QuantLayer, opts: Int8Options) -> ir.Value | None:
             if all(constant(v) is not None for v in act.inputs[1:] if v is not None):
                 out = act.outputs[0]
         return None if out.is_graph_output() else out
-    if layer.op_type == "MatMul" and rank(out) == 2 and _bias_add(layer) is not None:
+    if layer.op_type == "MatMul" and rank(out) == 2 and bias_add(layer) is not None:
         return out
     return None
 

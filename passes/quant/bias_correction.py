@@ -28,8 +28,8 @@ import onnx_ir as ir
 
 from compiler.errors import PassError
 from compiler.ir.interpreter import Interpreter, check_feeds, constant_value
-from passes._utils import Namer, add_initializer, constant, is_onnx_op
-from passes.quant.layers import QuantLayer
+from passes._utils import Namer, add_initializer, constant
+from passes.quant.layers import QuantLayer, bias_add
 
 #: Fewest ``samples x positions`` values a channel mean needs before it is trusted.
 MIN_POSITIONS = 256
@@ -53,17 +53,12 @@ def bias_site(layer: QuantLayer) -> BiasSite | None:
         return BiasSite(node, 2, node.outputs[0], 1)
     if layer.op_type != "MatMul":
         return None
-    out = node.outputs[0]
-    uses = list(out.uses())
-    if out.is_graph_output() or len(uses) != 1:
+    found = bias_add(layer)
+    if found is None:
         return None
-    add = uses[0].node
-    if not is_onnx_op(add, "Add") or len(add.inputs) != 2:
-        return None
-    index = 1 if add.inputs[0] is out else 0
-    c = constant(add.inputs[index])
+    add, index, c = found
     n = layer.weight_array().shape[layer.out_axis]
-    if c is None or c.size != n or (c.ndim and c.shape[-1] != n):
+    if c.size != n or (c.ndim and c.shape[-1] != n):
         return None
     return BiasSite(add, index, add.outputs[0], -1)
 

@@ -206,3 +206,17 @@ def _position(graph: ir.Graph, node: ir.Node) -> int:
         if n is node:
             return i
     raise ValueError(f"node {node_label(node)} is not in the graph")
+
+
+def bias_add(layer: QuantLayer) -> tuple[ir.Node, int, np.ndarray] | None:
+    """The single ``Add`` of a constant after ``layer`` (node, which input is the constant, its value)."""
+    out = layer.node.outputs[0]
+    uses = list(out.uses())
+    if out.is_graph_output() or len(uses) != 1:
+        return None
+    add = uses[0].node
+    if not is_onnx_op(add, "Add") or len(add.inputs) != 2:
+        return None
+    index = 1 if add.inputs[0] is out else 0
+    c = constant(add.inputs[index])
+    return (add, index, c) if c is not None else None

@@ -26,6 +26,15 @@ _ERF_Q = (
 )
 
 
+def horner(coefs: Sequence[float], x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """The polynomial ``coefs[0] * x^(n-1) + ... + coefs[-1]`` evaluated by Horner's rule in ``x``'s dtype."""
+    dt = str(x.ty)
+    p = tirx.const(coefs[0], dt)
+    for coef in coefs[1:]:
+        p = p * x + tirx.const(coef, dt)
+    return p
+
+
 def fast_erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
     """erf(x) as a polynomial ratio (fp32 accurate); libm's erf stays for other dtypes."""
     dt = str(x.ty)
@@ -34,13 +43,7 @@ def fast_erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
     c = lambda v: tirx.const(v, dt)  # noqa: E731
     xc = tirx.max(tirx.min(x, c(4.0)), c(-4.0))
     x2 = xc * xc
-    p = c(_ERF_P[0])
-    for coef in _ERF_P[1:]:
-        p = p * x2 + c(coef)
-    q = c(_ERF_Q[0])
-    for coef in _ERF_Q[1:]:
-        q = q * x2 + c(coef)
-    return xc * p / q
+    return xc * horner(_ERF_P, x2) / horner(_ERF_Q, x2)
 
 
 SUPPORTED = frozenset(

@@ -15,6 +15,8 @@ from typing import Any
 
 from tvm import s_tir, te, tirx
 
+from backends.tvm.schedules.epilogue import horner
+
 ROWWISE_ATTR = "cacc.rowwise"
 """PrimFunc attribute marking a row kernel (:func:`softmax_func`, :func:`layer_norm_func`; value: the vector width)."""
 
@@ -32,10 +34,7 @@ def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
     xc = tirx.max(tirx.min(x, c(88.3762626647949)), c(-87.3365447504))
     n = tirx.floor(xc * c(1.44269504088896341) + c(0.5))
     r = xc - n * c(_LN2_HI) - n * c(_LN2_LO)
-    p = c(_EXP_P[0])
-    for coef in _EXP_P[1:]:
-        p = p * r + c(coef)
-    er = p * r * r + r + c(1.0)
+    er = horner(_EXP_P, r) * r * r + r + c(1.0)
     two_n = tirx.reinterpret("float32", (n.astype("int32") + 127) << 23)
     return er * two_n
 
