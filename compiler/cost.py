@@ -61,6 +61,9 @@ class TargetCosts:
     tile_fp32: tuple[int, int, int] = (6, 16, 1)  #: register tile (m, n, k) of the fp32 kernel
     tile_int8: tuple[int, int, int] = (4, 16, 4)  #: the int8 kernel's (k: values per dot-product lane)
     source: str = ""  #: where the numbers come from
+    #: whether convs with a kernel larger than 1x1 have an integer kernel; without one a quantized conv runs
+    #: dequantized in fp32 and only pays the quantize steps around it
+    int8_spatial_conv: bool = True
 
 
 TARGETS: dict[str, TargetCosts] = {
@@ -75,6 +78,7 @@ TARGETS: dict[str, TargetCosts] = {
         unpack_gelems=16.0,  # in-register shifts and converts, 8 lanes
         epilogue_gelems=16.0,  # in-register int32 -> fp32 multiply-add, 8 lanes
         source="fp32 GEMM and bandwidth measured on this machine; int8 is a placeholder (X86_INT8_GOPS)",
+        int8_spatial_conv=False,  # cacc's x86 integer kernels: GEMMs and 1x1 convs
     ),
     "onnx": TargetCosts(
         "onnx",
@@ -106,6 +110,7 @@ TARGETS: dict[str, TargetCosts] = {
         tile_fp32=(8, 12, 1),
         tile_int8=(8, 12, 4),
         source="spec-sheet estimates (the emulator is no timing reference)",
+        int8_spatial_conv=False,  # the same TVM lowering as x86
     ),
     "cuda": TargetCosts(
         "cuda",
@@ -135,6 +140,7 @@ class LayerShape:
     k: int  #: reduction length
     groups: int = 1
     input_elems: int = 0  #: elements of the data input (0: ``m * k * groups``, a plain GEMM)
+    kernel_area: int = 1  #: a conv's kernel elements per channel (``kh * kw``); 1 for GEMMs and 1x1 convs
 
     @property
     def flops(self) -> int:
@@ -182,6 +188,7 @@ class LayerShape:
             in_channels // groups * kernel[0] * kernel[1],
             groups,
             batch * in_channels * in_hw[0] * in_hw[1],
+            kernel[0] * kernel[1],
         )
 
 
@@ -234,6 +241,7 @@ def layer_shape(layer: ir.Node | _HasNode) -> LayerShape | None:
             w[1] * area,
             groups,
             a[0] * a[1] * in_pixels,
+            area,
         )
     return None
 
@@ -275,7 +283,14 @@ def layer_cost_breakdown(
     w_bytes = shape.weight_elems * (weight_bits if weight_bits is not None else 32) / 8
     out_bytes = shape.output_elems * 4
     overhead = t.call_overhead_s
-    if integer:
+    if integer and shape.kind == "conv" and shape.kernel_area > 1 and not t.int8_spatial_conv:
+        # no integer kernel: the conv computes in fp32 (weights dequantized at compile time)
+        compute = _padded_flops(shape, t.tile_fp32) / (t.fp32_gflops * 1e9)
+        in_bytes: float = shape.activation_elems * 4
+        overhead += t.call_overhead_s + shape.activation_elems * (4 + (activation_bits or 8) / 8) / (
+            t.bandwidth_gbs * 1e9
+        )
+    elif integer:
         rate = t.depthwise_int8_gops if shape.kind == "depthwise" else t.int8_gops
         compute = _padded_flops(shape, t.tile_int8) / (rate * 1e9)
         in_bytes = shape.activation_elems * (activation_bits or 8) / 8
@@ -338,6 +353,8 @@ def integer_kernel_pays_off(
     parts = layer_cost_breakdown(shape, weight_bits, activation_bits, t)
     if shape.kind == "depthwise" and activation_bits:
         why = "depthwise conv: no integer dot-product speedup"
+    elif shape.kind == "conv" and shape.kernel_area > 1 and activation_bits and not t.int8_spatial_conv:
+        why = f"no integer kernel for a {shape.kernel_area}-tap conv on {t.name}: it would run dequantized"
     elif parts.overhead > max(parts.compute, parts.memory):
         why = "quantize/dequantize overhead dominates a small layer"
     else:

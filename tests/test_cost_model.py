@@ -58,6 +58,19 @@ def test_depthwise_and_tiny_layers_stay_in_float(target: str) -> None:
     assert not ok and "overhead dominates" in reason
 
 
+def test_spatial_convs_without_an_integer_kernel_stay_in_float() -> None:
+    """cacc's x86 / arm integer kernels cover GEMMs and 1x1 convs: a 3x3 conv would run dequantized and only
+    pay the quantize step, so it stays in float there; ORT has QLinearConv for it, and 1x1 convs pay off."""
+    conv3 = LayerShape.conv(1, 64, 128, (28, 28), (3, 3))
+    conv1 = LayerShape.conv(1, 64, 128, (28, 28), (1, 1))
+    for target in ("x86", "arm"):
+        ok, reason = integer_kernel_pays_off(conv3, target)
+        assert not ok and "no integer kernel for a 9-tap conv" in reason, reason
+        assert layer_cost(conv3, 8, 8, target) > layer_cost(conv3, None, None, target)
+        assert integer_kernel_pays_off(conv1, target)[0]
+    assert integer_kernel_pays_off(conv3, "onnx")[0]
+
+
 def test_faster_int8_kernels_make_more_layers_pay_off() -> None:
     pointwise = LayerShape.conv(1, 192, 32, (28, 28), (1, 1))
     slow = with_int8_throughput("x86", 50.0)
