@@ -38,20 +38,25 @@ _LANES = 8  # int32 lanes of a 256-bit vector
 _ROW_BLOCK_BYTES = 256 * 1024  # activation rows kept in L2 per row block
 
 
-@T.prim_func(s_tir=True)
-def _pmaddwd_desc(
-    A: T.Buffer((2,), "int16", offset_factor=1),  # type: ignore[valid-type]
-    B: T.Buffer((8, 2), "int16", offset_factor=1),  # type: ignore[valid-type]
-    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _dot_desc(a_dtype: str, b_dtype: str, k: int) -> tirx.PrimFunc:
+    """The description of an 8-lane dot-product step: ``C[i] += sum_k A[k] * B[i, k]`` in int32."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((k,), a_dtype, offset_factor=1),  # type: ignore[valid-type]
+        B: T.Buffer((8, k), b_dtype, offset_factor=1),  # type: ignore[valid-type]
+        C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:k], B[0:8, 0:k])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for kk in T.serial(0, k):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, kk])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -70,22 +75,6 @@ def _pmaddwd_impl(
             B.vload([0, 0], dtype="int16x16"),
             dtype="int32x8",
         )
-
-
-@T.prim_func(s_tir=True)
-def _pmaddubsw_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
-    B: T.Buffer((8, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
-    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -108,22 +97,6 @@ def _pmaddubsw_impl(
             T.broadcast(T.int16(1), 16),
             dtype="int32x8",
         )
-
-
-@T.prim_func(s_tir=True)
-def _pmaddubsw_t_desc(
-    A: T.Buffer((4,), "int8", offset_factor=1),  # type: ignore[valid-type]
-    B: T.Buffer((8, 4), "uint8", offset_factor=1),  # type: ignore[valid-type]
-    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -159,13 +132,14 @@ _KINDS = {
 
 
 def register_intrinsics() -> None:
-    """Register the AVX2 ``vpmaddwd`` tensor intrinsic (once; TVM's own x86 set is never imported)."""
+    """Register the AVX2 ``vpmaddwd`` / ``vpmaddubsw`` tensor intrinsics (once; TVM's own x86 set is never
+    imported)."""
     global _registered
     if _registered:
         return
-    s_tir.TensorIntrin.register(PMADDWD_INTRIN, _pmaddwd_desc, _pmaddwd_impl, override=True)
-    s_tir.TensorIntrin.register(PMADDUBSW_INTRIN, _pmaddubsw_desc, _pmaddubsw_impl, override=True)
-    s_tir.TensorIntrin.register(PMADDUBSW_T_INTRIN, _pmaddubsw_t_desc, _pmaddubsw_t_impl, override=True)
+    impls = {"s16": _pmaddwd_impl, "u8s8": _pmaddubsw_impl, "s8u8": _pmaddubsw_t_impl}
+    for kind, (a_dtype, b_dtype, k, name) in _KINDS.items():
+        s_tir.TensorIntrin.register(name, _dot_desc(a_dtype, b_dtype, k), impls[kind], override=True)
     _registered = True
 
 
