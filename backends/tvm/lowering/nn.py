@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
-from tvm import relax
+from tvm import relax, tirx
 
 from backends.tvm.lowering.common import (
     Dim,
@@ -305,15 +305,31 @@ def lower_layer_norm(ctx: EmitContext, node: ir.Node) -> list[Out]:
         if ctx.shape(beta) != norm_shape:
             beta = ctx.emit(R.broadcast_to(beta, norm_shape))
     eps = float(attr(node, "epsilon", 1e-5))
+    y = _row_kernel(
+        ctx, x, axis, "cacc_layer_norm", lambda rows, n, lanes: layer_norm_func(rows, n, lanes, eps), [gamma, beta]
+    )
+    return [y if y is not None else ctx.emit(R.nn.layer_norm(x, gamma, beta, axes=axes, epsilon=eps))]
+
+
+def _row_kernel(
+    ctx: EmitContext,
+    x: relax.Expr,
+    axis: int,
+    name: str,
+    make: Callable[[int, int, int], tirx.PrimFunc],
+    extra: Sequence[relax.Expr] = (),
+) -> relax.Expr | None:
+    """``x`` viewed as ``[rows, n]`` through the row kernel ``make(rows, n, lanes)`` (extra arguments
+    ``extra``), when ``axis`` is the last of a static fp32 ``x`` and ``n`` a multiple of the vector
+    width; else ``None``."""
     shape = static_shape(ctx, x)
     lanes = target_lanes().lanes
-    if shape and axis == rank - 1 and shape[-1] % lanes == 0 and ctx.dtype(x) == "float32":
-        rows, n = math.prod(shape[:-1]), shape[-1]
-        flat = ctx.emit(R.reshape(x, [rows, n]))
-        func = layer_norm_func(rows, n, lanes, eps)
-        y = call_kernel(ctx, func, "cacc_layer_norm", [flat, gamma, beta], [rows, n], "float32")
-        return [ctx.emit(R.reshape(y, shape))]
-    return [ctx.emit(R.nn.layer_norm(x, gamma, beta, axes=axes, epsilon=eps))]
+    if not shape or axis != len(shape) - 1 or shape[-1] % lanes or ctx.dtype(x) != "float32":
+        return None
+    rows, n = math.prod(shape[:-1]), shape[-1]
+    flat = ctx.emit(R.reshape(x, [rows, n]))
+    y = call_kernel(ctx, make(rows, n, lanes), name, [flat, *extra], [rows, n], "float32")
+    return ctx.emit(R.reshape(y, shape))
 
 
 @lowering("Softmax", "LogSoftmax")
@@ -322,15 +338,9 @@ def lower_softmax(ctx: EmitContext, node: ir.Node) -> list[Out]:
     x = ctx.expr(node.inputs[0])  # type: ignore[arg-type]
     axis = norm_axis(attr(node, "axis", -1), ctx.rank(x), node)
     log = node.op_type == "LogSoftmax"
-    shape = static_shape(ctx, x)
-    lanes = target_lanes().lanes
-    if shape and axis == len(shape) - 1 and shape[-1] % lanes == 0 and ctx.dtype(x) == "float32":
-        rows, n = math.prod(shape[:-1]), shape[-1]
-        flat = ctx.emit(R.reshape(x, [rows, n]))
-        y = call_kernel(ctx, softmax_func(rows, n, lanes, log=log), "cacc_softmax", [flat], [rows, n], "float32")
-        return [ctx.emit(R.reshape(y, shape))]
+    y = _row_kernel(ctx, x, axis, "cacc_softmax", lambda rows, n, lanes: softmax_func(rows, n, lanes, log=log))
     fn = R.nn.log_softmax if log else R.nn.softmax
-    return [ctx.emit(fn(x, axis=axis))]
+    return [y if y is not None else ctx.emit(fn(x, axis=axis))]
 
 
 @lowering("InstanceNormalization")

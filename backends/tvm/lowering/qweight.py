@@ -23,7 +23,7 @@ from backends.tvm.lowering.common import CACC_DOMAIN, EmitContext, Out, attr, in
 from backends.tvm.lowering.kernels import call_kernel, static_shape
 from backends.tvm.lowering.qmatmul import _bias, _producer, kernel_switches
 from backends.tvm.schedules.epilogue import SUPPORTED
-from backends.tvm.schedules.gemm import gemm_func, pack_group_params, pack_rhs_nibbles, plan_gemm
+from backends.tvm.schedules.gemm import gemm_func, pack_rhs, pack_rhs_nibbles, plan_gemm
 from backends.tvm.schedules.tiling import target_lanes
 
 R = relax.op
@@ -107,8 +107,8 @@ def emit_int4_dense(
     args = [
         ctx.emit(R.reshape(a, [1, m, k])),
         relax.const(pack_rhs_nibbles(wt.nibbles, plan.nb)),
-        relax.const(pack_group_params(wt.scale, plan.nb)),
-        relax.const(pack_group_params(wt.offset, plan.nb)),
+        relax.const(pack_rhs(wt.scale, plan.nb)),  # [G, N] per-group rows packed like a weight
+        relax.const(pack_rhs(wt.offset, plan.nb)),
     ]
     if bias is not None:
         args.append(relax.const(bias))

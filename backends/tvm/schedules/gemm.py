@@ -66,11 +66,6 @@ def pack_rhs_nibbles(u: np.ndarray, nb: int) -> np.ndarray:
     return np.ascontiguousarray(pairs.reshape(pairs.shape[0], -1, nb).transpose(1, 0, 2))
 
 
-def pack_group_params(p: np.ndarray, nb: int) -> np.ndarray:
-    """Per-group parameters ``[G, N]`` -> ``[ceil(N/nb), G, nb]`` (zero padded), beside :func:`pack_rhs_nibbles`."""
-    return pack_rhs(p, nb)
-
-
 def plan_gemm(batch: int, m: int, k: int, n: int, cfg: TileConfig, tile: tuple[int, int] | None = None) -> GemmPlan:
     """Choose the register tile for a GEMM (``tile``: an explicit ``(mr, nb)``)."""
     mr, nb = tile if tile is not None else pick_tile(m, n, cfg)
