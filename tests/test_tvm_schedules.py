@@ -107,15 +107,19 @@ def test_fused_conv_clip_epilogue() -> None:
 def test_kernels_are_scheduled() -> None:
     a, w = rand(20, 24, seed=19), rand(24, 40, seed=20)
     x, cw, dw = rand(1, 4, 12, 12, seed=21), rand(8, 4, 3, 3, seed=22), rand(8, 1, 3, 3, seed=23)
-    pw = rand(6, 8, 1, 1, seed=27)
+    pw, xdw = rand(6, 8, 1, 1, seed=27), rand(4, 1, 3, 3, seed=28)
     nodes = [
         helper.make_node("MatMul", ["a", "w"], ["y"]),
+        # a conv chain: channel-blocked kernels, but the last conv (6 channels, not whole vectors) is NCHW
         helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["c", "dw"], ["d"], group=8, pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["d", "pw"], ["z"]),
+        # convs whose outputs no conv reads: NCHW kernels
+        helper.make_node("Conv", ["x", "cw"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "xdw"], ["d2"], group=4, pads=[1, 1, 1, 1]),
     ]
-    inits = {"w": w, "cw": cw, "dw": dw, "pw": pw}
-    model = to_ir(make_model(nodes, {"a": a, "x": x}, ["y", "z"], inits))
+    inits = {"w": w, "cw": cw, "dw": dw, "pw": pw, "xdw": xdw}
+    model = to_ir(make_model(nodes, {"a": a, "x": x}, ["y", "z", "c2", "d2"], inits))
     target = host_target(1)
     mod = safe_default_schedule(target)(emit_relax(model))
     kernels = {
@@ -124,6 +128,7 @@ def test_kernels_are_scheduled() -> None:
         if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and KERNEL_ATTR in f.attrs
     }
     expected = {"cacc_dense", "cacc_conv2d", "cacc_depthwise_conv2d", "cacc_pointwise_conv2d"}
+    expected |= {"cacc_conv2d_nchwc", "cacc_depthwise_conv2d_nchwc"}
     assert expected <= set(kernels), sorted(kernels)
     for name, func in kernels.items():
         assert "tirx.is_scheduled" in func.attrs, name
@@ -169,18 +174,28 @@ def test_every_candidate_tile_matches_the_reference() -> None:
         helper.make_node("Conv", ["c", "dw"], ["d"], group=8, pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["d", "dw2"], ["e"], group=8, pads=[2, 2, 2, 2], strides=[2, 2]),
         helper.make_node("Conv", ["e", "pw"], ["p"]),
+        # a channel-blocked 1x1 conv and residual add, read by a conv
+        helper.make_node("Conv", ["d", "pw8"], ["q"]),
+        helper.make_node("Add", ["q", "d"], ["r"]),
+        helper.make_node("Conv", ["r", "pw"], ["p2"]),
+        # convs whose outputs no conv reads (NCHW kernels)
+        helper.make_node("Conv", ["x", "cw"], ["c2"], pads=[1, 0, 1, 1], strides=[2, 1]),
+        helper.make_node("Conv", ["x", "dw3"], ["d2"], group=3, pads=[1, 1, 1, 1]),
     ]
-    inits = {"w": w, "cw": cw, "dw": dw, "dw2": dw2, "pw": pw}
+    inits = {"w": w, "cw": cw, "dw": dw, "dw2": dw2, "pw": pw, "pw8": rand(8, 8, 1, 1, seed=38)}
+    inits["dw3"] = rand(3, 1, 3, 3, seed=39)
     feeds = {"a": a, "b": b, "x": x}
-    model = to_ir(make_model(nodes, feeds, ["y", "z", "p"], inits))
+    outputs = ["y", "z", "p", "p2", "c2", "d2"]
+    model = to_ir(make_model(nodes, feeds, outputs, inits))
     expected = reference(model, feeds)
     first = _ForceTile(0)
     with tile_source(first):
         run_tvm(model, feeds)
     kinds = {k.split(":")[0] for k in first.seen}
-    assert {"dense", "batch_matmul", "conv2d", "depthwise_conv2d", "pointwise_conv2d"} <= kinds, kinds
+    nchw = {"dense", "batch_matmul", "conv2d", "depthwise_conv2d", "pointwise_conv2d"}
+    assert nchw | {"conv2d_nchwc", "depthwise_conv2d_nchwc"} <= kinds, kinds
     for index in range(1, max(first.seen.values())):
         with tile_source(_ForceTile(index)):
             got = run_tvm(model, feeds)
-        for name, value in zip(["y", "z", "p"], got, strict=True):
+        for name, value in zip(outputs, got, strict=True):
             np.testing.assert_allclose(value, expected[name], atol=1e-4, rtol=1e-4, err_msg=f"{name} tile #{index}")

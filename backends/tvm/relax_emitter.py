@@ -14,6 +14,7 @@ from tvm import relax, tirx
 
 from backends.tvm.lowering import EmitContext, find_lowering
 from backends.tvm.lowering import quant as _quant  # noqa: F401  (registers the quantization lowerings)
+from backends.tvm.lowering.blocked import lower_blocked, plan_blocked_values
 from backends.tvm.lowering.common import np_dtype, relax_dtype
 from backends.tvm.lowering.qconv import lower_integer_conv
 from backends.tvm.lowering.qmatmul import lower_integer
@@ -65,6 +66,7 @@ def emit_relax(model: ir.Model) -> tvm.IRModule:
     with bb.function("main", params):
         with bb.dataflow():
             ctx = EmitContext(bb)
+            ctx.prefer_blocked = plan_blocked_values(graph)
             for value, var in zip(graph.inputs, params, strict=False):
                 ctx.bind(value, var)
             for name, init in graph.initializers.items():
@@ -94,6 +96,8 @@ def _emit_node(ctx: EmitContext, node: ir.Node, index: int) -> None:
             integer = lower_integer_conv(ctx, node)
         if integer is None:
             integer = lower_weight_only(ctx, node)  # 4-bit weights unpacked in the kernel
+        if integer is None:
+            integer = lower_blocked(ctx, node)  # residual adds of channel-blocked conv outputs
         outs = integer if integer is not None else list(fn(ctx, node))
     except BackendError as exc:
         if exc.node is None:

@@ -9,6 +9,7 @@ needs them, so shape-only subgraphs never reach TVM.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -17,8 +18,19 @@ from tvm import relax, tirx
 
 from compiler.errors import BackendError
 
-#: What a lowering produces for one output: an expression, or a value known at emit time.
-Out: TypeAlias = "relax.Expr | np.ndarray"
+
+@dataclass(frozen=True)
+class Blocked:
+    """A 4-D NCHW value held channel-blocked: ``expr`` is ``[N, C/block, H, W, block]`` (see
+    :mod:`backends.tvm.lowering.blocked`). Lowerings that do not read blocked values get the NCHW
+    form from :meth:`EmitContext.expr`, converted once on first use."""
+
+    expr: relax.Expr
+    block: int
+
+
+#: What a lowering produces for one output: an expression, a value known at emit time, or a blocked value.
+Out: TypeAlias = "relax.Expr | np.ndarray | Blocked"
 Lowering: TypeAlias = Callable[["EmitContext", ir.Node], Sequence[Out]]
 
 CACC_DOMAIN = "cacc"
@@ -99,6 +111,9 @@ class EmitContext:
         self.bb = bb
         self.exprs: dict[str, relax.Expr] = {}
         self.known: dict[str, np.ndarray] = {}
+        self.blocked: dict[str, Blocked] = {}
+        #: values whose producer should write them channel-blocked (their consumers read that layout)
+        self.prefer_blocked: set[str] = set()
         self._const_cache: dict[str, relax.Expr] = {}
 
     # -- binding
@@ -107,6 +122,8 @@ class EmitContext:
         name = value.name or ""
         if isinstance(out, np.ndarray):
             self.known[name] = out
+        elif isinstance(out, Blocked):
+            self.blocked[name] = out
         else:
             self.exprs[name] = out
 
@@ -129,10 +146,25 @@ class EmitContext:
         """Whether ``value`` is known at emit time."""
         return value is not None and value.name in self.known
 
+    def is_runtime(self, value: ir.Value | None) -> bool:
+        """Whether ``value`` is computed at run time (an emitted expression, plain or blocked)."""
+        return value is not None and (value.name in self.exprs or value.name in self.blocked)
+
+    def blocked_form(self, value: ir.Value | None) -> Blocked | None:
+        """The channel-blocked form of ``value`` when its producer wrote one, else ``None``."""
+        return None if value is None else self.blocked.get(value.name or "")
+
     def expr(self, value: ir.Value) -> relax.Expr:
-        """The Relax expression for ``value`` (a known value becomes a Relax constant)."""
+        """The Relax expression for ``value`` (a known value becomes a Relax constant, a blocked one is
+        converted to NCHW once)."""
         if value.name in self.exprs:
             return self.exprs[value.name]
+        held = self.blocked.get(value.name or "")
+        if held is not None:
+            n, cb, h, w, b = self.shape(held.expr)
+            plain = self.emit(relax.op.reshape(relax.op.permute_dims(held.expr, [0, 1, 4, 2, 3]), [n, cb * b, h, w]))
+            self.exprs[value.name or ""] = plain
+            return plain
         if value.name in self.known:
             cached = self._const_cache.get(value.name)
             if cached is None:
@@ -152,6 +184,10 @@ class EmitContext:
         if isinstance(value, ir.Value):
             if value.name in self.known:
                 return [int(d) for d in self.known[value.name].shape]
+            held = self.blocked.get(value.name or "")
+            if held is not None and value.name not in self.exprs:
+                n, cb, h, w, b = self.shape(held.expr)
+                return [n, cb * b, h, w]
             value = self.expr(value)
         ty = value.ty
         if not isinstance(ty, relax.TensorType) or ty.shape is None:
@@ -167,7 +203,8 @@ class EmitContext:
         if isinstance(value, ir.Value):
             if value.name in self.known:
                 return relax_dtype(self.known[value.name].dtype)
-            value = self.expr(value)
+            held = self.blocked.get(value.name or "")
+            value = held.expr if held is not None else self.expr(value)
         ty = value.ty
         if not isinstance(ty, relax.TensorType):
             raise BackendError(f"expression is not a tensor: {ty}")

@@ -12,7 +12,9 @@ import numpy as np
 import onnx_ir as ir
 from tvm import relax, tirx
 
+from backends.tvm.lowering.blocked import emit_blocked_conv2d
 from backends.tvm.lowering.common import (
+    Blocked,
     Dim,
     EmitContext,
     Out,
@@ -60,22 +62,29 @@ def _bias_shape(rank: int, channels: Dim) -> list[Dim]:
 
 def emit_conv(
     ctx: EmitContext, node: ir.Node, activation: str = "", activation_params: Sequence[float] = ()
-) -> tuple[relax.Expr, bool]:
+) -> tuple[relax.Expr | Blocked, bool]:
     """Conv (1-D / 2-D / 3-D, grouped, dilated, padded) plus its optional bias.
 
-    Returns the expression and whether ``activation`` was fused into it (by cacc's conv kernels).
+    Returns the expression (channel-blocked when :func:`emit_blocked_conv2d` applies) and whether
+    ``activation`` was fused into it (by cacc's conv kernels).
     """
     x_v, w_v = node.inputs[0], node.inputs[1]
     if x_v is None or w_v is None:
         raise BackendError(f"{node.op_type} needs X and W", node=node.name)
-    x, w = ctx.expr(x_v), ctx.expr(w_v)
-    x_shape, w_shape = ctx.shape(x), ctx.shape(w)
+    x_shape, w_shape = ctx.shape(x_v), ctx.shape(w_v)
     kernel = [int(k) for k in (attr(node, "kernel_shape", None) or w_shape[2:])]
     strides, dilations, pads = _spatial_params(ctx, node, x_shape, kernel)
     groups = int(attr(node, "group", 1))
     n = len(kernel)
     w_arr, b_v = ctx.const(w_v), input_at(node, 2)
     b_arr = ctx.const(b_v)
+    if n == 2 and w_arr is not None and (b_v is None or b_arr is not None):
+        out_v = node.outputs[0] if node.outputs else None
+        args = (w_arr, b_arr, strides, dilations, pads, groups, activation, activation_params)
+        blocked = emit_blocked_conv2d(ctx, x_v, out_v, *args)
+        if blocked is not None:
+            return blocked, True
+    x, w = ctx.expr(x_v), ctx.expr(w_v)
     if n == 2 and w_arr is not None and (b_v is None or b_arr is not None):
         fused = emit_conv2d(ctx, x, w_arr, b_arr, strides, dilations, pads, groups, activation, activation_params)
         if fused is not None:

@@ -92,7 +92,7 @@ def _fused_quant_pack(
     if node is None or shape[0] != 1 or int(attr(node, "block_size", 0)) or not identity:
         return None
     x_v, s, z = node.inputs[0], ctx.const(input_at(node, 1)), ctx.const(input_at(node, 2))
-    if x_v is None or x_v.name not in ctx.exprs or ctx.dtype(x_v) != "float32" or s is None or s.size != 1:
+    if x_v is None or not ctx.is_runtime(x_v) or ctx.dtype(x_v) != "float32" or s is None or s.size != 1:
         return None
     if input_at(node, 2) is not None and (z is None or z.size != 1):
         return None

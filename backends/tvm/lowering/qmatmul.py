@@ -92,7 +92,7 @@ def _activation(ctx: EmitContext, a: ir.Value, k: int) -> _Act | None:
     if dq is None or len(dq.inputs) < 2:
         return None
     q, s, z = dq.inputs[0], dq.inputs[1], input_at(dq, 2)
-    if q is None or s is None or ctx.is_const(q) or q.name not in ctx.exprs:
+    if q is None or s is None or ctx.is_const(q) or not ctx.is_runtime(q):
         return None
     if ctx.dtype(q) not in ("uint8", "int8") or (s.dtype is not None and s.dtype != ir.DataType.FLOAT):
         return None

@@ -135,7 +135,7 @@ def lower_weight_only(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
     elif kind != ("", "MatMul"):
         return None
     x = node.inputs[0]
-    if ctx.is_const(x) or x.name not in ctx.exprs:
+    if ctx.is_const(x) or not ctx.is_runtime(x):
         return None
     wt = int4_weight(ctx, node.inputs[1], trans_b)
     if wt is None:

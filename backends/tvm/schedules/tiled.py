@@ -16,10 +16,11 @@ from tvm import s_tir, tirx
 
 KERNEL_ATTR = "cacc.kernel"
 """PrimFunc attribute ``"row,col,order"``: ``acc``'s register-tile row and column axes and its
-outer spatial axes in loop order (dotted, e.g. ``0.3.1``)."""
+outer spatial axes in loop order (dotted, e.g. ``0.3.1``). The column may be adjacent axes joined
+by ``+`` (``4+5``: vectors x lanes of a channel-blocked output), fused into one column loop."""
 
 
-def tile_attr(row: int, col: int, order: str, *, local_pad: bool = False) -> str:
+def tile_attr(row: int, col: int | str, order: str, *, local_pad: bool = False) -> str:
     """Encode the tiling for :data:`KERNEL_ATTR` (``local_pad``: padding blocks computed per parallel tile)."""
     return f"{row},{col},{order}" + (",local_pad" if local_pad else "")
 
@@ -38,7 +39,8 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     spec = str(func.attrs[KERNEL_ATTR])
     row_s, col_s, order_s, *flags = spec.split(",")
     local_pad = "local_pad" in flags
-    row, col = int(row_s), int(col_s)
+    row = int(row_s)
+    cols = [int(t) for t in col_s.split("+")]
     order = [int(t) for t in order_s.split(".")]
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
@@ -54,10 +56,11 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
         1 for iv in sch.get(acc).iter_vars if iv.iter_type == tirx.IterVar.CommReduce
     )
     spatial, reduction = list(loops[:n_spatial]), list(loops[n_spatial:])
-    r_in, c_in = spatial[row], spatial[col]
-    nb = int(sch.get(c_in).extent)
+    r_in = spatial[row]
     outer = [spatial[t] for t in order]
-    sch.reorder(*outer, *reduction, r_in, c_in)
+    sch.reorder(*outer, *reduction, r_in, *(spatial[c] for c in cols))
+    c_in = sch.fuse(*(spatial[c] for c in cols)) if len(cols) > 1 else spatial[cols[0]]
+    nb = int(sch.get(c_in).extent)
     # parallel over all but the last outer loop (the tile loop the epilogue attaches to)
     par = sch.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
     sch.parallel(par)

@@ -1,0 +1,189 @@
+"""Channel-blocked (NCHW[b]c) conv chains: which values to block, the blocked conv and add lowerings.
+
+A conv whose output feeds another conv writes it channel-blocked (:class:`Blocked`), and the next
+conv reads it that way: depthwise convs then vectorise over channels instead of along short rows
+(:mod:`backends.tvm.schedules.nchwc`). Residual ``Add`` / ``Relu`` on blocked values stay blocked.
+Any other consumer gets the NCHW form from :meth:`EmitContext.expr`, converted once, so the choice
+of layout never changes what the model computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax, tirx
+
+from backends.tvm.lowering.common import CACC_DOMAIN, Blocked, EmitContext, Out
+from backends.tvm.lowering.kernels import call_kernel
+from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile
+from backends.tvm.schedules.epilogue import SUPPORTED
+from backends.tvm.schedules.nchwc import (
+    DEPTHWISE_WIDTHS,
+    BlockedConvPlan,
+    blocked_conv_applies,
+    blocked_conv_func,
+    dense_tiles,
+    output_shape,
+    pack_blocked_bias,
+    pack_blocked_weight,
+    plan_blocked_conv,
+)
+from backends.tvm.schedules.tiling import emit_target, target_lanes
+
+R = relax.op
+
+#: Elementwise ops that keep a blocked layout (every input blocked alike, nothing broadcast).
+_LAYOUT_FREE = {"Add": R.add, "Relu": R.nn.relu}
+
+
+def _is_conv(node: ir.Node) -> bool:
+    return (node.domain in ("", "ai.onnx") and node.op_type == "Conv") or (
+        node.domain == CACC_DOMAIN and node.op_type == "FusedConv"
+    )
+
+
+def _is_layout_free(node: ir.Node) -> bool:
+    return node.domain in ("", "ai.onnx") and node.op_type in _LAYOUT_FREE
+
+
+def plan_blocked_values(graph: ir.Graph) -> set[str]:
+    """Names of the values worth writing channel-blocked: outputs of 2-D convs (and of adds / relus of such
+    values) that a conv reads, directly or through such adds / relus. Whether a conv can actually write a
+    blocked value (dtype, channel counts) is decided when it is emitted."""
+    blockable: set[str] = set()
+    nodes = list(graph)
+    for node in nodes:
+        out = node.outputs[0] if node.outputs else None
+        if out is None or not out.name or (out.shape is not None and len(out.shape) != 4):
+            continue
+        inputs_blocked = all(v is not None and v.name in blockable for v in node.inputs)
+        if _is_conv(node) or (_is_layout_free(node) and inputs_blocked):
+            blockable.add(out.name)
+    prefer: set[str] = set()
+    for node in reversed(nodes):
+        out = node.outputs[0] if node.outputs else None
+        if out is None or out.name not in blockable:
+            continue
+        for user, _idx in out.uses():
+            if _is_conv(user) or (_is_layout_free(user) and user.outputs[0].name in prefer):
+                prefer.add(out.name)
+                break
+    return prefer
+
+
+def to_blocked(ctx: EmitContext, x: relax.Expr, block: int) -> relax.Expr:
+    """NCHW ``x`` as ``[N, C/block, H, W, block]``."""
+    n, c, h, w = ctx.shape(x)
+    return ctx.emit(R.permute_dims(R.reshape(x, [n, c // block, block, h, w]), [0, 1, 3, 4, 2]))
+
+
+def _static(shape: Sequence[object]) -> list[int] | None:
+    return [int(d) for d in shape] if all(isinstance(d, int) for d in shape) else None  # type: ignore[call-overload]
+
+
+def emit_blocked_conv2d(
+    ctx: EmitContext,
+    x_v: ir.Value,
+    out_v: ir.Value | None,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    groups: int,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> Blocked | None:
+    """``act(conv2d(x, w) + bias)`` written channel-blocked, when ``x`` is blocked or the output is wanted
+    blocked (:attr:`EmitContext.prefer_blocked`) and a blocked kernel applies; else ``None``."""
+    if emit_target().kind.name != "llvm":
+        return None
+    held = ctx.blocked_form(x_v)
+    wanted = out_v is not None and out_v.name in ctx.prefer_blocked
+    shape = _static(ctx.shape(x_v))
+    cfg = target_lanes()
+    b = cfg.lanes
+    if (
+        (held is None and not wanted)
+        or (held is not None and held.block != b)
+        or shape is None
+        or len(shape) != 4
+        or w.ndim != 4
+        or w.dtype != np.float32
+        or ctx.dtype(x_v) != "float32"
+        or activation not in SUPPORTED
+        or (bias is not None and (bias.dtype != np.float32 or bias.size != w.shape[0]))
+        or not blocked_conv_applies(shape[1], int(w.shape[0]), groups, int(w.shape[1]), b, held is not None)
+    ):
+        return None
+    depthwise = groups > 1
+    if depthwise and held is None:
+        held = Blocked(to_blocked(ctx, ctx.expr(x_v), b), b)
+    in_blocked = held is not None
+    x = held.expr if held is not None else ctx.expr(x_v)
+    n, c, h, wd = shape
+    pointwise = tuple(w.shape[2:]) == (1, 1) and all(int(s) == 1 for s in strides) and not any(int(p) for p in pads)
+    if pointwise:  # a 1x1 conv runs on the flattened 1 x H*W map: full register tiles on any width
+        shape = [n, c, 1, h * wd]
+        x = ctx.emit(R.reshape(x, [n, c // b, 1, h * wd, b] if in_blocked else [n, c, 1, h * wd]))
+
+    def plan(t: Tile | None) -> BlockedConvPlan:
+        return plan_blocked_conv(
+            shape, w.shape, strides, dilations, pads, cfg, depthwise=depthwise, in_blocked=in_blocked, tile=t
+        )
+
+    base = plan(None)
+    if base.oh < 1 or base.ow < 1:
+        return None
+    default: Tile
+    if depthwise:
+        default = {"mr": base.mr, "local_pad": 0}
+        candidates = [{"mr": mr, "local_pad": lp} for mr in DEPTHWISE_WIDTHS for lp in (0, 1)]
+    else:
+        default = {"mr": base.mr, "vecs": base.vecs, "channels_outer": 0, "local_pad": 0}
+        candidates = [
+            {"mr": mr, "vecs": v, "channels_outer": outer, "local_pad": 0}
+            for mr, v in dense_tiles(base.co, cfg)
+            for outer in (0, 1)
+        ]
+    if not base.pads_input:
+        candidates = [t for t in candidates if not t["local_pad"]]
+    if all(t != default for t in candidates):
+        candidates.insert(0, default)
+
+    def make(t: Tile) -> tirx.PrimFunc:
+        return blocked_conv_func(
+            plan(t), "float32", bias=bias is not None, activation=activation, activation_params=activation_params
+        )
+
+    layout = "b" if in_blocked else "p"
+    key = (
+        f"{'depthwise_' if depthwise else ''}conv2d_nchwc:{layout}:x{'x'.join(map(str, shape))}"
+        f":w{'x'.join(map(str, w.shape))}:s{'.'.join(map(str, strides))}:d{'.'.join(map(str, dilations))}"
+        f":p{'.'.join(map(str, pads))}:lanes{b}"
+    )
+    tile = choose_tile(KernelWorkload(key, default, candidates, make))
+    p = plan(tile)
+    args = [x, relax.const(pack_blocked_weight(w, p))]
+    if bias is not None:
+        args.append(relax.const(pack_blocked_bias(bias, p)))
+    name = "cacc_depthwise_conv2d_nchwc" if depthwise else "cacc_conv2d_nchwc"
+    y = call_kernel(ctx, make(tile), name, args, output_shape(p), "float32")
+    oh, ow = (h, wd) if pointwise else (p.oh, p.ow)
+    return Blocked(ctx.emit(R.reshape(y, [p.n, p.co // b, oh, ow, b])), b)
+
+
+def lower_blocked(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
+    """``Add`` / ``Relu`` of blocked values of one shape, kept blocked; ``None`` when it does not apply."""
+    if not _is_layout_free(node) or not node.inputs:
+        return None
+    held = [ctx.blocked_form(v) for v in node.inputs]
+    if any(h is None for h in held) or node.outputs[0].dtype != ir.DataType.FLOAT:
+        return None
+    exprs = [h.expr for h in held if h is not None]
+    shapes = [ctx.shape(e) for e in exprs]
+    if any(s != shapes[0] for s in shapes) or len(exprs) != (2 if node.op_type == "Add" else 1):
+        return None
+    return [Blocked(ctx.emit(_LAYOUT_FREE[node.op_type](*exprs)), held[0].block)]  # type: ignore[union-attr]

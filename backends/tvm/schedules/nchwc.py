@@ -1,0 +1,247 @@
+"""Channel-blocked (NCHW[b]c) 2-D conv kernels for the register-tiled schedule.
+
+A blocked tensor is ``[N, C/b, H, W, b]`` with ``b`` = the target's fp32 vector lanes, so one
+vector holds ``b`` channels of one pixel. Convs then vectorise over output channels, which keeps
+register tiles full on any feature-map width (the NCHW kernels vectorise along a row, and a 7 or
+14 pixel row pads its vectors):
+
+* depthwise (input blocked): a register tile is ``mr`` output pixels of one row x one vector of
+  channels; the taps are the reduction, each an input vector times a weight vector.
+* dense (input blocked or plain NCHW, e.g. the stem conv on an image): a tile is ``mr`` output
+  pixels x ``vecs`` vectors of output channels; every input channel is one broadcast times
+  ``vecs`` weight vectors. 1x1 stride-1 convs run on the flattened ``1 x H*W`` map.
+
+The dense output is computed as ``[N, Co/(vecs b), vecs, OH, OW, b]``, the same memory as the
+blocked ``[N, Co/b, OH, OW, b]`` (a free reshape). Padding is materialised by a copy, for the
+whole input or per parallel tile (``local_pad``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+from backends.tvm.schedules.epilogue import activation_expr
+from backends.tvm.schedules.tiled import KERNEL_ATTR, tile_attr
+from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
+
+#: Depthwise tile widths (output pixels x one vector) worth trying, best first. Measured on AVX2 over
+#: EfficientNet-Lite0's depthwise convs (2 threads): 7 and 8 won most, 4 the small strided ones.
+DEPTHWISE_WIDTHS = (8, 7, 4, 6)
+#: Dense tiles (pixels, vectors) worth trying, best first (measured on AVX2: 6x2 and 4x3 won most 1x1 convs).
+DENSE_TILES = ((6, 2), (4, 3), (14, 1), (7, 2), (12, 1))
+
+
+@dataclass(frozen=True)
+class BlockedConvPlan:
+    """Shapes, strides, padding, layout and register tile of one channel-blocked conv."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    co: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[int, int]  # top, left (bottom / right padding follows from the output size)
+    oh: int
+    ow: int
+    block: int
+    depthwise: bool
+    in_blocked: bool  #: X is ``[N, C/b, H, W, b]`` (else plain NCHW)
+    mr: int  #: output pixels per register tile
+    vecs: int = 1  #: output-channel vectors per register tile (dense only)
+    channels_outer: bool = False  #: parallel over channel tiles, pixel tiles inner (dense only)
+    local_pad: bool = False
+
+    @property
+    def pads_input(self) -> bool:
+        """Whether the kernel reads outside the input (then it reads a zero-padded copy)."""
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        h_need = (self.oh - 1) * sh + (self.kh - 1) * dh + 1
+        w_need = (ceil_to(self.ow, self.mr) - 1) * sw + (self.kw - 1) * dw + 1
+        return any(self.pad) or h_need > self.h or w_need > self.w
+
+
+def blocked_conv_applies(c: int, co: int, groups: int, w_in: int, block: int, in_blocked: bool) -> bool:
+    """Whether a conv has a blocked kernel: ``co`` a multiple of ``block`` and dense or depthwise
+    (``w_in``: the weight's input channels); depthwise and blocked inputs need ``c`` in whole blocks."""
+    depthwise = groups == c == co and w_in == 1 and groups > 1
+    if co % block or not (depthwise or (groups == 1 and w_in == c)):
+        return False
+    return c % block == 0 if depthwise or in_blocked else True
+
+
+def plan_blocked_conv(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    cfg: TileConfig,
+    *,
+    depthwise: bool,
+    in_blocked: bool,
+    tile: dict[str, int] | None = None,
+) -> BlockedConvPlan:
+    """The plan of a conv on logical NCHW ``x_shape`` (``pads`` in ONNX order ``[t, l, b, r]``).
+
+    ``tile`` (``mr``, ``vecs``, ``channels_outer``, ``local_pad``) overrides the defaults
+    (:data:`DEPTHWISE_WIDTHS` / :data:`DENSE_TILES`, whole-input padding).
+    """
+    n, c, h, w = (int(v) for v in x_shape)
+    co, kh, kw = int(w_shape[0]), int(w_shape[2]), int(w_shape[3])
+    sh, sw = int(strides[0]), int(strides[1])
+    dh, dw = int(dilations[0]), int(dilations[1])
+    oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
+    t = dict(tile or {})
+    if depthwise:
+        mr, vecs = t.get("mr", DEPTHWISE_WIDTHS[0]), 1
+    else:
+        mr, vecs = t.get("mr", 0), t.get("vecs", 0)
+        if not mr or not vecs:
+            mr, vecs = default_dense_tile(co, cfg)
+    return BlockedConvPlan(
+        n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, cfg.lanes,
+        depthwise, in_blocked, mr, vecs, bool(t.get("channels_outer", 0)), bool(t.get("local_pad", 0)),
+    )  # fmt: skip
+
+
+def dense_tiles(co: int, cfg: TileConfig) -> list[tuple[int, int]]:
+    """The :data:`DENSE_TILES` that fit the registers and divide ``co`` into whole vector groups."""
+    blocks = co // cfg.lanes
+    return [(mr, v) for mr, v in DENSE_TILES if blocks % v == 0 and fits_registers(mr, v, cfg)]
+
+
+def default_dense_tile(co: int, cfg: TileConfig) -> tuple[int, int]:
+    """The first of :func:`dense_tiles` (one vector of 4 pixels when none fits)."""
+    tiles = dense_tiles(co, cfg)
+    return tiles[0] if tiles else (4, 1)
+
+
+def pack_blocked_weight(w: np.ndarray, p: BlockedConvPlan) -> np.ndarray:
+    """The weight in the kernel's layout.
+
+    depthwise ``[C, 1, KH, KW]`` -> ``[C/b, KH, KW, b]``; dense ``[Co, C, KH, KW]`` ->
+    ``[Co/(vecs b), C/b, KH, KW, b, vecs, b]`` (blocked input) or ``[Co/(vecs b), C, KH, KW, vecs, b]``.
+    """
+    b = p.block
+    if p.depthwise:
+        return np.ascontiguousarray(w.reshape(p.c // b, b, p.kh, p.kw).transpose(0, 2, 3, 1))
+    t = p.co // (p.vecs * b)
+    wt = w.reshape(t, p.vecs, b, p.c, p.kh, p.kw)  # co = (t * vecs + v) * b + l
+    if p.in_blocked:
+        wt = wt.reshape(t, p.vecs, b, p.c // b, b, p.kh, p.kw)
+        return np.ascontiguousarray(wt.transpose(0, 3, 5, 6, 4, 1, 2))
+    return np.ascontiguousarray(wt.transpose(0, 3, 4, 5, 1, 2))
+
+
+def pack_blocked_bias(bias: np.ndarray, p: BlockedConvPlan) -> np.ndarray:
+    """The bias as ``[Co/b, b]`` (channel ``cb * b + l``)."""
+    return np.ascontiguousarray(bias.reshape(p.co // p.block, p.block))
+
+
+def output_shape(p: BlockedConvPlan) -> list[int]:
+    """The shape the kernel writes: ``[N, Co/b, OH, OW, b]`` (depthwise) or ``[N, T, vecs, OH, OW, b]``."""
+    if p.depthwise:
+        return [p.n, p.co // p.block, p.oh, p.ow, p.block]
+    return [p.n, p.co // (p.vecs * p.block), p.vecs, p.oh, p.ow, p.block]
+
+
+def _padded_input(x: te.Tensor, p: BlockedConvPlan) -> te.Tensor:
+    """``x`` zero-padded to everything the taps of the padded output tiles read (``x`` itself if nothing)."""
+    if not p.pads_input:
+        return x
+    (sh, sw), (dh, dw), (pt, pl) = p.stride, p.dilation, p.pad
+    h_need = (p.oh - 1) * sh + (p.kh - 1) * dh + 1
+    w_need = (ceil_to(p.ow, p.mr) - 1) * sw + (p.kw - 1) * dw + 1
+    zero = tirx.const(0, x.dtype)
+
+    def pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, xx: tirx.Var, *lane: tirx.Var) -> tirx.PrimExpr:
+        inside = tirx.all(y >= pt, y < pt + p.h, xx >= pl, xx < pl + p.w)
+        return tirx.if_then_else(inside, x[(n, c, y - pt, xx - pl, *lane)], zero)
+
+    shape = [int(d) for d in x.shape]
+    shape[2], shape[3] = h_need, w_need
+    return te.compute(shape, pad, name="X_pad")
+
+
+def blocked_conv_func(
+    p: BlockedConvPlan,
+    dtype: str,
+    *,
+    bias: bool,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> tirx.PrimFunc:
+    """PrimFunc ``(X, W_packed[, bias[Co/b, b]], out)``: ``out = act(conv(X, W) + bias)``, blocked output."""
+    (sh, sw), (dh, dw), b, mr = p.stride, p.dilation, p.block, p.mr
+    owt = ceil_to(p.ow, mr) // mr
+    x_shape = (p.n, p.c // b, p.h, p.w, b) if p.in_blocked else (p.n, p.c, p.h, p.w)
+    x = te.placeholder(x_shape, dtype, name="X")
+    xp = _padded_input(x, p)
+    ky, kx = te.reduce_axis((0, p.kh), name="ky"), te.reduce_axis((0, p.kw), name="kx")
+
+    def col(xt: tirx.Var, xi: tirx.Var) -> tirx.PrimExpr:
+        return (xt * mr + xi) * sw + kx * dw
+
+    if p.depthwise:
+        wt = te.placeholder((p.c // b, p.kh, p.kw, b), dtype, name="W")
+        acc = te.compute(
+            (p.n, p.c // b, p.oh, owt, mr, b),
+            lambda n, c, y, xt, xi, ln: te.sum(
+                wt[c, ky, kx, ln] * xp[n, c, y * sh + ky * dh, col(xt, xi), ln], axis=[ky, kx]
+            ),
+            name="acc",
+        )
+        attr = tile_attr(4, 5, "0.1.2.3", local_pad=p.local_pad)
+    else:
+        t_count = p.co // (p.vecs * b)
+        if p.in_blocked:
+            wt = te.placeholder((t_count, p.c // b, p.kh, p.kw, b, p.vecs, b), dtype, name="W")
+            ro, ri = te.reduce_axis((0, p.c // b), name="rco"), te.reduce_axis((0, b), name="rci")
+            acc = te.compute(
+                (p.n, t_count, p.oh, owt, mr, p.vecs, b),
+                lambda n, t, y, xt, xi, v, ln: te.sum(
+                    wt[t, ro, ky, kx, ri, v, ln] * xp[n, ro, y * sh + ky * dh, col(xt, xi), ri],
+                    axis=[ro, ky, kx, ri],
+                ),
+                name="acc",
+            )
+        else:
+            wt = te.placeholder((t_count, p.c, p.kh, p.kw, p.vecs, b), dtype, name="W")
+            rc = te.reduce_axis((0, p.c), name="rc")
+            acc = te.compute(
+                (p.n, t_count, p.oh, owt, mr, p.vecs, b),
+                lambda n, t, y, xt, xi, v, ln: te.sum(
+                    wt[t, rc, ky, kx, v, ln] * xp[n, rc, y * sh + ky * dh, col(xt, xi)], axis=[rc, ky, kx]
+                ),
+                name="acc",
+            )
+        attr = tile_attr(4, "5+6", "0.1.2.3" if p.channels_outer else "0.2.3.1", local_pad=p.local_pad)
+    args = [x, wt]
+    bias_t = None
+    if bias:
+        bias_t = te.placeholder((p.co // b, b), dtype, name="bias")
+        args.append(bias_t)
+
+    def epi(*idx: tirx.Var) -> tirx.PrimExpr:
+        if p.depthwise:
+            n, cb, y, xx, ln = idx
+            val = acc(n, cb, y, xx // mr, xx % mr, ln)
+        else:
+            n, t, v, y, xx, ln = idx
+            val, cb = acc(n, t, y, xx // mr, xx % mr, v, ln), t * p.vecs + v
+        if bias_t is not None:
+            val = val + bias_t[cb, ln]
+        return activation_expr(val, activation, activation_params)
+
+    out = te.compute(output_shape(p), epi, name="out")
+    func = te.create_prim_func([*args, out])
+    return func.with_attr(KERNEL_ATTR, attr).with_attr("op_pattern", 8)
