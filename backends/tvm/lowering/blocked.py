@@ -139,10 +139,10 @@ def emit_blocked_conv2d(
         return None
     default: Tile
     if depthwise:
-        default = {"mr": base.mr, "local_pad": 0}
+        default = {"mr": base.mr, "local_pad": int(base.local_pad)}
         candidates = [{"mr": mr, "local_pad": lp} for mr in DEPTHWISE_WIDTHS for lp in (0, 1)]
     else:
-        default = {"mr": base.mr, "vecs": base.vecs, "channels_outer": 0, "local_pad": 0}
+        default = {"mr": base.mr, "vecs": base.vecs, "channels_outer": int(base.channels_outer), "local_pad": 0}
         candidates = [
             {"mr": mr, "vecs": v, "channels_outer": outer, "local_pad": 0}
             for mr, v in dense_tiles(base.co, cfg)

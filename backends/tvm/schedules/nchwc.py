@@ -19,7 +19,7 @@ whole input or per parallel tile (``local_pad``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tvm import te, tirx
@@ -29,10 +29,11 @@ from backends.tvm.schedules.tiled import KERNEL_ATTR, tile_attr
 from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
 
 #: Depthwise tile widths (output pixels x one vector) worth trying, best first. Measured on AVX2 over
-#: EfficientNet-Lite0's depthwise convs (2 threads): 7 and 8 won most, 4 the small strided ones.
-DEPTHWISE_WIDTHS = (8, 7, 4, 6)
-#: Dense tiles (pixels, vectors) worth trying, best first (measured on AVX2: 6x2 and 4x3 won most 1x1 convs).
-DENSE_TILES = ((6, 2), (4, 3), (14, 1), (7, 2), (12, 1))
+#: EfficientNet-Lite0's 12 depthwise convs (2 threads): 7 pixels won 11, most with per-tile padding.
+DEPTHWISE_WIDTHS = (7, 8, 4, 6)
+#: Dense tiles (pixels, vectors) worth trying, best first. Measured on AVX2 over EfficientNet-Lite0's 32
+#: convs: 4x3 won where the channel vectors divide by 3, else 6x2, else 14x1.
+DENSE_TILES = ((4, 3), (6, 2), (14, 1), (7, 2), (12, 1))
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ def plan_blocked_conv(
 ) -> BlockedConvPlan:
     """The plan of a conv on logical NCHW ``x_shape`` (``pads`` in ONNX order ``[t, l, b, r]``).
 
-    ``tile`` (``mr``, ``vecs``, ``channels_outer``, ``local_pad``) overrides the defaults
-    (:data:`DEPTHWISE_WIDTHS` / :data:`DENSE_TILES`, whole-input padding).
+    ``tile`` (``mr``, ``vecs``, ``channels_outer``, ``local_pad``) overrides the measured defaults
+    (:data:`DEPTHWISE_WIDTHS` / :data:`DENSE_TILES`); ``local_pad`` is dropped when nothing is padded.
     """
     n, c, h, w = (int(v) for v in x_shape)
     co, kh, kw = int(w_shape[0]), int(w_shape[2]), int(w_shape[3])
@@ -100,17 +101,19 @@ def plan_blocked_conv(
     dh, dw = int(dilations[0]), int(dilations[1])
     oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
-    t = dict(tile or {})
-    if depthwise:
-        mr, vecs = t.get("mr", DEPTHWISE_WIDTHS[0]), 1
-    else:
-        mr, vecs = t.get("mr", 0), t.get("vecs", 0)
-        if not mr or not vecs:
+    if tile is None:
+        if depthwise:
+            tile = {"mr": DEPTHWISE_WIDTHS[0], "local_pad": 1}
+        else:
             mr, vecs = default_dense_tile(co, cfg)
-    return BlockedConvPlan(
-        n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, cfg.lanes,
-        depthwise, in_blocked, mr, vecs, bool(t.get("channels_outer", 0)), bool(t.get("local_pad", 0)),
+            # measured: parallel over channel tiles for expanding convs and small maps (few pixel tiles)
+            tile = {"mr": mr, "vecs": vecs, "channels_outer": int(co > c or oh * ow <= 64)}
+    plan = BlockedConvPlan(
+        n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, cfg.lanes, depthwise,
+        in_blocked, tile["mr"], 1 if depthwise else tile["vecs"], bool(tile.get("channels_outer", 0)),
+        bool(tile.get("local_pad", 0)),
     )  # fmt: skip
+    return plan if plan.pads_input or not plan.local_pad else replace(plan, local_pad=False)
 
 
 def dense_tiles(co: int, cfg: TileConfig) -> list[tuple[int, int]]:
