@@ -285,6 +285,47 @@ def test_quantized_pointwise_convs_run_as_integer_gemms(batch: int, act_dtype: i
     assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()  # the fused Clip ran
 
 
+def _blocked_quant_chain(act_dtype: int) -> ir.Model:
+    """float 3x3 conv -> Q/DQ -> int8 FusedConv 1x1 (Clip) -> Q/DQ -> depthwise conv: channel-blocked all along."""
+    rng = np.random.default_rng(act_dtype)
+    wq = np.clip(np.rint(rng.standard_normal((24, 16, 1, 1)) * 20), -63, 63).astype(np.int8)
+    zdt = np.uint8 if act_dtype == U8 else np.int8
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["a", "as", "az"], ["aq"]),
+        helper.make_node("DequantizeLinear", ["aq", "as", "az"], ["ad"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["w1"], axis=0),
+        helper.make_node("FusedConv", ["ad", "w1", "b1"], ["h"], domain="cacc", activation="Clip",
+                         activation_params=[0.0, 6.0]),
+        helper.make_node("QuantizeLinear", ["h", "hs"], ["hq"]),
+        helper.make_node("DequantizeLinear", ["hq", "hs"], ["hd"]),
+        helper.make_node("Conv", ["hd", "wd"], ["y"], group=24, pads=[1, 1, 1, 1]),
+    ]  # fmt: skip
+    inits = [
+        ("w0", rng.standard_normal((16, 3, 3, 3)).astype(np.float32)),
+        ("as", np.array(0.04, np.float32)), ("az", np.array(128 if act_dtype == U8 else 3, zdt)),
+        ("wq", wq), ("ws", rng.uniform(0.005, 0.02, 24).astype(np.float32)),
+        ("b1", rng.standard_normal(24).astype(np.float32)),
+        ("hs", np.array(0.025, np.float32)),
+        ("wd", rng.standard_normal((24, 1, 3, 3)).astype(np.float32)),
+    ]  # fmt: skip
+    outputs = [tensor("h", [1, 24, 6, 9]), tensor("y", [1, 24, 6, 9])]
+    return _model(nodes, [tensor("x", [1, 3, 6, 9])], outputs, inits)
+
+
+@pytest.mark.parametrize("act_dtype", [U8, I8])
+def test_quantized_pointwise_conv_on_channel_blocked_activations(act_dtype: int) -> None:
+    """Between channel-blocked float convs the integer 1x1 conv reads and writes the blocked layout (a
+    u8s8 GEMM over pixels, no layout change), and matches the reference."""
+    model = _blocked_quant_chain(act_dtype)
+    script = emit_relax(model)["main"].script()
+    assert "cacc_qconv1x1_blocked" in script and "cacc_depthwise_conv2d_nchwc" in script
+    assert [k for k in _qkernels(model) if k != "pack"] == ["u8s8"]
+    x = np.random.default_rng(14).standard_normal((1, 3, 6, 9)).astype(np.float32)
+    h, _ = _check(model, {"x": x}, rtol=2e-5)
+    assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()
+
+
 def test_pointwise_conv_without_exact_pairing_stays_float() -> None:
     model = _quant_convs(1, U8, amax=127)
     assert _qkernels(model) == []

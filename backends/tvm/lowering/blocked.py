@@ -15,8 +15,9 @@ import numpy as np
 import onnx_ir as ir
 from tvm import relax, tirx
 
-from backends.tvm.lowering.common import CACC_DOMAIN, Blocked, EmitContext, Out
+from backends.tvm.lowering.common import CACC_DOMAIN, Blocked, EmitContext, Out, input_at, np_dtype
 from backends.tvm.lowering.kernels import call_kernel
+from backends.tvm.lowering.quant import quantize_expr
 from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile
 from backends.tvm.schedules.epilogue import SUPPORTED
 from backends.tvm.schedules.nchwc import (
@@ -36,6 +37,8 @@ R = relax.op
 
 #: Elementwise ops that keep a blocked layout (every input blocked alike, nothing broadcast).
 _LAYOUT_FREE = {"Add": R.add, "Relu": R.nn.relu}
+#: Per-tensor (de)quantization keeps it too (its scale and zero point are constants).
+_QUANT = ("QuantizeLinear", "DequantizeLinear")
 
 
 def _is_conv(node: ir.Node) -> bool:
@@ -44,8 +47,20 @@ def _is_conv(node: ir.Node) -> bool:
     )
 
 
+def _scalar_const(v: ir.Value | None) -> bool:
+    return v is None or (v.const_value is not None and v.const_value.size == 1)
+
+
 def _is_layout_free(node: ir.Node) -> bool:
-    return node.domain in ("", "ai.onnx") and node.op_type in _LAYOUT_FREE
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type in _QUANT:
+        return len(node.inputs) >= 2 and all(_scalar_const(v) for v in node.inputs[1:3])
+    return node.op_type in _LAYOUT_FREE
+
+
+def _data_inputs(node: ir.Node) -> Sequence[ir.Value | None]:
+    return node.inputs[:1] if node.op_type in _QUANT else node.inputs
 
 
 def plan_blocked_values(graph: ir.Graph) -> set[str]:
@@ -58,7 +73,7 @@ def plan_blocked_values(graph: ir.Graph) -> set[str]:
         out = node.outputs[0] if node.outputs else None
         if out is None or not out.name or (out.shape is not None and len(out.shape) != 4):
             continue
-        inputs_blocked = all(v is not None and v.name in blockable for v in node.inputs)
+        inputs_blocked = all(v is not None and v.name in blockable for v in _data_inputs(node))
         if _is_conv(node) or (_is_layout_free(node) and inputs_blocked):
             blockable.add(out.name)
     prefer: set[str] = set()
@@ -176,14 +191,33 @@ def emit_blocked_conv2d(
 
 
 def lower_blocked(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
-    """``Add`` / ``Relu`` of blocked values of one shape, kept blocked; ``None`` when it does not apply."""
+    """``Add`` / ``Relu`` of blocked values of one shape and per-tensor ``QuantizeLinear`` /
+    ``DequantizeLinear`` of a blocked value, kept blocked; ``None`` when it does not apply."""
     if not _is_layout_free(node) or not node.inputs:
         return None
-    held = [ctx.blocked_form(v) for v in node.inputs]
-    if any(h is None for h in held) or node.outputs[0].dtype != ir.DataType.FLOAT:
+    held = [ctx.blocked_form(v) for v in _data_inputs(node)]
+    if any(h is None for h in held):
         return None
     exprs = [h.expr for h in held if h is not None]
+    block = held[0].block  # type: ignore[union-attr]
+    if node.op_type in _QUANT:
+        scale, zero = ctx.const(node.inputs[1]), ctx.const(input_at(node, 2))
+        if scale is None or scale.dtype != np.float32 or (input_at(node, 2) is not None and zero is None):
+            return None
+        if node.op_type == "QuantizeLinear":
+            dtype = np_dtype(node.outputs[0].dtype, node).name
+            if dtype not in ("uint8", "int8") or ctx.dtype(exprs[0]) != "float32":
+                return None
+            z = None if zero is None else relax.const(float(zero.reshape(-1)[0]), "float32")
+            q = quantize_expr(ctx, exprs[0], relax.const(float(scale.reshape(-1)[0]), "float32"), z, dtype)
+            return [Blocked(q, block)]
+        x = ctx.emit(R.astype(exprs[0], "float32"))
+        if zero is not None:
+            x = ctx.emit(R.subtract(x, relax.const(float(zero.reshape(-1)[0]), "float32")))
+        return [Blocked(ctx.emit(R.multiply(x, relax.const(float(scale.reshape(-1)[0]), "float32"))), block)]
+    if node.outputs[0].dtype != ir.DataType.FLOAT:
+        return None
     shapes = [ctx.shape(e) for e in exprs]
     if any(s != shapes[0] for s in shapes) or len(exprs) != (2 if node.op_type == "Add" else 1):
         return None
-    return [Blocked(ctx.emit(_LAYOUT_FREE[node.op_type](*exprs)), held[0].block)]  # type: ignore[union-attr]
+    return [Blocked(ctx.emit(_LAYOUT_FREE[node.op_type](*exprs)), block)]

@@ -26,13 +26,13 @@ import numpy as np
 import onnx_ir as ir
 from tvm import relax
 
-from backends.tvm.lowering.common import CACC_DOMAIN, EmitContext, Out, attr, input_at
+from backends.tvm.lowering.common import CACC_DOMAIN, Blocked, EmitContext, Out, attr, input_at
 from backends.tvm.lowering.kernels import call_kernel, static_shape
 from backends.tvm.lowering.nn import _spatial_params
-from backends.tvm.lowering.qmatmul import _activation, _bias, _producer, _zero_point_args, kernel_switches
+from backends.tvm.lowering.qmatmul import _Act, _activation, _bias, _producer, _zero_point_args, kernel_switches
 from backends.tvm.schedules.epilogue import SUPPORTED
 from backends.tvm.schedules.qconv import quant_pack_func
-from backends.tvm.schedules.qgemm import QGemmPlan, plan_qgemm, qgemm_func, u8s8_pairing
+from backends.tvm.schedules.qgemm import QGemmPlan, pack_qweight, plan_qgemm, qgemm_func, u8s8_pairing
 
 R = relax.op
 
@@ -108,6 +108,66 @@ def _fused_quant_pack(
     return ctx.emit(R.memory.view(packed, [plan.np_ // plan.nb, plan.kp // 4, plan.nb, 4], "uint8"))
 
 
+def _scale_arg(ctx: EmitContext, act: _Act, w_scale: np.ndarray) -> relax.Expr:
+    """``s_x * s_w[co]``: a constant when the activation scale is known, else computed at run time."""
+    s_known = ctx.const(act.scale)
+    if s_known is not None:
+        return relax.const((w_scale * np.float32(s_known.reshape(-1)[0])).astype(np.float32))
+    s = ctx.emit(R.reshape(R.astype(ctx.expr(act.scale), "float32"), []))
+    return ctx.emit(R.multiply(relax.const(w_scale), s))
+
+
+def _blocked_qconv(
+    ctx: EmitContext,
+    act: _Act,
+    held: Blocked,
+    w: np.ndarray,
+    w_scale: np.ndarray,
+    bias: np.ndarray | bool | None,
+    strides: list[int],
+    activation: str,
+    params: list[float],
+) -> Blocked | None:
+    """A stride-1 pointwise conv on channel-blocked uint8/int8 activations, written channel-blocked: the
+    ``u8s8`` GEMM ``X[H*W, Ci] @ W[Ci, Co]`` (pixel rows broadcast, weight vectors over output channels,
+    as for a MatMul) with its output stored ``[Co/b, H*W, b]``. ``None`` when it does not apply."""
+    n, _cb, h, wd, b = (int(d) for d in ctx.shape(held.expr))
+    co, ci = w.shape
+    wk_t = np.ascontiguousarray(w.T)  # [Ci, Co]
+    perm = u8s8_pairing(wk_t)
+    if n != 1 or strides != [1, 1] or co % b or perm is None or not np.array_equal(perm, np.arange(perm.size)):
+        return None
+    m = h * wd
+    plan = plan_qgemm(m, ci, co, "u8s8")
+    if plan.nb % b:
+        return None
+    x = ctx.emit(R.reshape(R.permute_dims(held.expr, [0, 2, 3, 1, 4]), [m, ci]))
+    shift = 128 if ctx.dtype(act.q) == "int8" else 0
+    if shift:
+        x = ctx.emit(R.astype(R.add(R.astype(x, "int16"), relax.const(shift, "int16")), "uint8"))
+    if (plan.mp, plan.kp) != (m, ci):
+        x = ctx.emit(R.nn.pad(x, [0, plan.mp - m, 0, plan.kp - ci]))
+    wk = np.zeros((plan.kp, co), np.int8)
+    wk[:ci] = wk_t
+    args: list[relax.Expr] = [x, relax.const(pack_qweight(wk, plan)), _scale_arg(ctx, act, w_scale)]
+    zero_point, zp_args = _zero_point_args(ctx, act, shift, wk_t.astype(np.int64).sum(axis=0), m, plan)
+    if zero_point not in ("", "col"):
+        return None
+    args += zp_args
+    if isinstance(bias, np.ndarray):
+        args.append(relax.const(np.ascontiguousarray(bias)))
+    func = qgemm_func(
+        plan,
+        zero_point=zero_point,
+        bias=isinstance(bias, np.ndarray),
+        activation=activation,
+        activation_params=params,
+        out_block=b,
+    )
+    y = call_kernel(ctx, func, "cacc_qconv1x1_blocked", args, [co // b, m, b], "float32")
+    return Blocked(ctx.emit(R.reshape(y, [1, co // b, h, wd, b])), b)
+
+
 def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
     """The integer lowering of ``node`` when it is a quantized pointwise conv pattern, else ``None``."""
     enabled, u8s8 = kernel_switches()
@@ -132,7 +192,10 @@ def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
         v is not None and math.prod(int(d) for d in ctx.shape(v)) != 1 for v in (act.scale, act.zero)
     ):
         return None
-    shape = static_shape(ctx, ctx.expr(act.q))
+    held = ctx.blocked_form(act.q)
+    shape = static_shape(ctx, held.expr if held is not None else ctx.expr(act.q))
+    if held is not None and shape is not None:
+        shape = [shape[0], shape[1] * shape[4], shape[2], shape[3]]
     if shape is None or len(shape) != 4 or shape[1] != ci:
         return None
     strides, _dil, pads = _spatial_params(ctx, node, list(shape), [1, 1])
@@ -141,6 +204,10 @@ def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
     bias = _bias(ctx, input_at(node, 2), co)
     if bias is False:
         return None
+    if held is not None:
+        out = _blocked_qconv(ctx, act, held, w, w_scale, bias, strides, activation, params)
+        if out is not None:
+            return [out]
     perm = u8s8_pairing(np.ascontiguousarray(w.T))
     if perm is None:
         return None
@@ -159,13 +226,7 @@ def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
     packed = _fused_quant_pack(ctx, act.q, shape, perm, plan) if strides == [1, 1] else None
     if packed is None:
         packed = _pack_activation(ctx, x, shape, perm, plan.kp, plan.np_, plan.nb)
-    args: list[relax.Expr] = [relax.const(wk), packed]
-    s_known = ctx.const(act.scale)
-    if s_known is not None:
-        args.append(relax.const((w_scale * np.float32(s_known.reshape(-1)[0])).astype(np.float32)))
-    else:
-        s = ctx.emit(R.reshape(R.astype(ctx.expr(act.scale), "float32"), []))
-        args.append(ctx.emit(R.multiply(relax.const(w_scale), s)))
+    args: list[relax.Expr] = [relax.const(wk), packed, _scale_arg(ctx, act, w_scale)]
     zero_point, zp_args = _zero_point_args(ctx, act, shift, w.astype(np.int64).sum(axis=1), cols, plan)
     if zero_point not in ("", "col"):
         return None

@@ -276,8 +276,12 @@ def qgemm_func(
     bias: bool = False,
     activation: str = "",
     activation_params: Sequence[float] = (),
+    out_block: int = 0,
 ) -> tirx.PrimFunc:
     """PrimFunc ``(A[Mp, Kp], W packed, scale[N] f32[, zp...][, row_scale[Mp]][, bias[N]], out[M, N] f32)``.
+
+    ``out_block`` (``u8s8``, ``N`` a multiple of it) writes ``out`` column-blocked as ``[N/b, M, b]``: the
+    channel-blocked output of a pointwise conv whose ``M`` rows are pixels (``backends.tvm.lowering.blocked``).
 
     ``A`` is int16 (``s16``: already centred) or uint8 (``u8s8``). ``zero_point`` corrects the
     uint8 activation's zero point with the weight column sums: ``"col"`` adds ``corr[N]`` int32
@@ -294,10 +298,12 @@ def qgemm_func(
     channels = p.m if p.per_row else p.n
     rko = te.reduce_axis((0, p.kp // g), name="ko")
     rki = te.reduce_axis((0, g), name="ki")
+    # columns as (panel, vector, lane): an output written channel-blocked then reads single-variable indices
     acc = te.compute(
-        (p.mp // mr, mr, p.np_ // nb, nb),
-        lambda io, ii, jo, ji: te.sum(
-            a[io * mr + ii, rko * g + rki].astype("int32") * w[jo, rko, ji, rki].astype("int32"), axis=[rko, rki]
+        (p.mp // mr, mr, p.np_ // nb, nb // _LANES, _LANES),
+        lambda io, ii, jo, jv, jl: te.sum(
+            a[io * mr + ii, rko * g + rki].astype("int32") * w[jo, rko, jv * _LANES + jl, rki].astype("int32"),
+            axis=[rko, rki],
         ),
         name="acc",
     )
@@ -318,8 +324,10 @@ def qgemm_func(
     if bias_t is not None:
         args.append(bias_t)
 
-    def epi(i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
-        total = acc(i // mr, i % mr, j // nb, j % nb)
+    def epi(i: tirx.Var, j: tirx.PrimExpr, col: tuple[tirx.PrimExpr, ...] | None = None) -> tirx.PrimExpr:
+        """The output at row ``i``, column ``j`` (``col``: its (panel, vector, lane) when known)."""
+        jo, jv, jl = col if col is not None else (j // nb, (j % nb) // _LANES, j % _LANES)
+        total = acc(i // mr, i % mr, jo, jv, jl)
         c = i if p.per_row else j
         if corr is not None:
             total = total + corr[c]
@@ -332,7 +340,17 @@ def qgemm_func(
             v = v + bias_t[c]
         return activation_expr(v, activation, activation_params)
 
-    out = te.compute((p.m, p.n), epi, name="out")
+    if out_block:
+        if out_block != _LANES:
+            raise ValueError(f"out_block must be {_LANES} (the vector lanes), got {out_block}")
+        vecs = nb // _LANES
+
+        def blocked(cb: tirx.Var, i: tirx.Var, ln: tirx.Var) -> tirx.PrimExpr:
+            return epi(i, cb * _LANES + ln, (cb // vecs, cb % vecs, ln))
+
+        out = te.compute((p.n // out_block, p.m, out_block), blocked, name="out")
+    else:
+        out = te.compute((p.m, p.n), lambda i, j: epi(i, j), name="out")
     func = te.create_prim_func([*args, out])
     return func.with_attr(QKERNEL_ATTR, p.kind).with_attr("op_pattern", 8)
 
@@ -354,14 +372,13 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     out = sch.get_sblock("out")
-    io, ii, jo, ji, ko, ki = sch.get_loops(acc)
-    nb = int(sch.get(ji).extent)
+    io, ii, jo, jv, jl, ko, ki = sch.get_loops(acc)
+    nb = int(sch.get(jv).extent) * int(sch.get(jl).extent)
     tiles, mr = int(sch.get(io).extent), int(sch.get(ii).extent)
     row_bytes = int(sch.get(ko).extent) * int(sch.get(ki).extent) * (2 if kind == "s16" else 1)
     per = max(1, _ROW_BLOCK_BYTES // max(1, row_bytes * mr))
     per = max(d for d in range(1, min(per, tiles) + 1) if tiles % d == 0)  # whole blocks: no predicate
     ib, it = sch.split(io, factors=[None, per])
-    jv, jl = sch.split(ji, factors=[None, _LANES])
     sch.reorder(ib, jo, it, ko, ii, jv, jl, ki)
     sch.parallel(sch.fuse(ib, jo))
     tile = it
