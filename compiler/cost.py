@@ -15,8 +15,7 @@ The model is a roofline with a few overheads (all in :class:`TargetCosts`):
   help them: their own (much lower) throughputs.
 
 Numbers are per target as a whole (all threads the benchmark uses: 2 on x86). Where a number was
-not measured it says so; ``X86_INT8_GOPS`` is a conservative placeholder until the TVM integer
-kernels are measured. A :class:`CostCorrection` fitted to measured kernel timings (least squares
+not measured it says so (the x86 GEMM / conv throughputs and bandwidth are measured). A :class:`CostCorrection` fitted to measured kernel timings (least squares
 on log time, or xgboost when installed) refines the estimate; it is stored as JSON, never pickled.
 """
 
@@ -39,10 +38,10 @@ LayerKind = Literal["gemm", "conv", "depthwise"]
 #: How :func:`integer_kernel_pays_off`'s reasons for keeping a layer in float start (the report counts them).
 COST_NOTE = "cost model"
 
-#: int8 x int8 -> int32 GEMM throughput of cacc's TVM kernels on this machine's AVX2 (no VNNI), 2 threads.
-#: PLACEHOLDER (not measured yet): vpmaddubsw + vpmaddwd do 2x the multiply-adds of an fp32 FMA per
-#: instruction; 1.5x the measured fp32 GEMM is assumed. Update from the TVM int8 kernel's measurement.
-X86_INT8_GOPS = 140.0
+#: int8 x int8 -> int32 GEMM / 1x1-conv throughput of cacc's TVM kernels on this machine's AVX2 (no VNNI),
+#: 2 threads. Measured with tools/profile_kernels.py (1 thread, doubled): MiniLM's u8s8 GEMMs 180 GOP/s,
+#: EfficientNet-Lite0's channel-blocked u8s8 1x1 convs 110-171 GOP/s (vpmaddubsw + vpmaddwd).
+X86_INT8_GOPS = 300.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,9 @@ class TargetCosts:
 TARGETS: dict[str, TargetCosts] = {
     "x86": TargetCosts(
         "x86",
-        fp32_gflops=95.0,  # measured: cacc's packed TVM GEMM, 2 threads (AVX2, AMD EPYC)
+        # measured (tools/profile_kernels.py, 1 thread doubled): MiniLM's packed GEMMs 80-90 GFLOP/s, EfficientNet's
+        # channel-blocked 1x1 convs 70-85 (2 threads together: 140-175)
+        fp32_gflops=150.0,
         int8_gops=X86_INT8_GOPS,
         depthwise_fp32_gflops=12.0,  # estimate: the direct depthwise kernel is load/store bound
         depthwise_int8_gops=8.0,  # estimate: int8 needs widening to int16/int32, no dot product
@@ -77,7 +78,7 @@ TARGETS: dict[str, TargetCosts] = {
         call_overhead_s=2e-6,
         unpack_gelems=16.0,  # in-register shifts and converts, 8 lanes
         epilogue_gelems=16.0,  # in-register int32 -> fp32 multiply-add, 8 lanes
-        source="fp32 GEMM and bandwidth measured on this machine; int8 is a placeholder (X86_INT8_GOPS)",
+        source="fp32 and int8 GEMM / 1x1 conv kernels and bandwidth measured on this machine",
         int8_spatial_conv=False,  # cacc's x86 integer kernels: GEMMs and 1x1 convs
     ),
     "onnx": TargetCosts(
