@@ -177,7 +177,8 @@ def compile_cuda(model: ir.Model, arch: str | None = None) -> CudaLibrary:
     """Build ``model`` (shapes inferred) for CUDA ``arch``; needs no GPU (see :class:`CudaLibrary`)."""
     target = cuda_target(arch)
     t0 = time.perf_counter()
-    mod = emit_relax(model)
+    with target:  # CPU-only lowering choices (the channel-blocked conv layout) stay off
+        mod = emit_relax(model)
     try:
         ex = tvm.compile(mod, target, relax_pipeline=cuda_pipeline(target))
     except BackendError:
