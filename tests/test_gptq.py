@@ -44,6 +44,24 @@ def test_gptq_output_error_below_rtn(bits: int, group: int, act_order: bool) -> 
     np.testing.assert_array_equal(ours.dequantized, (ours.q * ours.scale[:, cols]).astype(np.float32))
 
 
+@pytest.mark.parametrize(("bits", "symmetric"), [(4, True), (3, False)])
+def test_act_order_uses_rtn_grid_and_static_groups(bits: int, symmetric: bool) -> None:
+    """With act-order GPTQ rounds onto exactly RTN's per-group grid (static groups from the original
+    weights), and every code stays in its own original column's group."""
+    rng = np.random.default_rng(7)
+    k, group = 96, 32
+    x = _correlated(rng, 256, k)
+    w = rng.standard_normal((24, k)).astype(np.float32)
+    h = 2.0 * x.astype(np.float64).T @ x / len(x)
+    a = rtn(w, bits, group, symmetric=symmetric)
+    b = gptq(w, h, bits, group, symmetric=symmetric, act_order=True, block=16)
+    np.testing.assert_array_equal(a.scale, b.scale)
+    np.testing.assert_array_equal(a.zero_point, b.zero_point)
+    cols = np.arange(k) // group
+    np.testing.assert_array_equal(b.dequantized, ((b.q - b.zero_point[:, cols]) * b.scale[:, cols]).astype(np.float32))
+    assert _output_error(x, w, b.dequantized) < _output_error(x, w, a.dequantized)
+
+
 def test_gptq_with_identity_hessian_is_rtn() -> None:
     rng = np.random.default_rng(1)
     w = rng.standard_normal((16, 64)).astype(np.float32)
