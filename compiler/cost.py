@@ -15,8 +15,9 @@ The model is a roofline with a few overheads (all in :class:`TargetCosts`):
   help them: their own (much lower) throughputs.
 
 Numbers are per target as a whole (all threads the benchmark uses: 2 on x86). Where a number was
-not measured it says so (the x86 GEMM / conv throughputs and bandwidth are measured). A :class:`CostCorrection` fitted to measured kernel timings (least squares
-on log time, or xgboost when installed) refines the estimate; it is stored as JSON, never pickled.
+not measured it says so (the x86 GEMM / conv throughputs and bandwidth are measured). A
+:class:`CostCorrection` fitted to measured kernel timings (least squares on log time, or xgboost when
+installed) refines the estimate; it is stored as JSON, never pickled.
 """
 
 from __future__ import annotations
