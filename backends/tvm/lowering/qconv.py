@@ -117,6 +117,41 @@ def _scale_arg(ctx: EmitContext, act: _Act, w_scale: np.ndarray) -> relax.Expr:
     return ctx.emit(R.multiply(relax.const(w_scale), s))
 
 
+def _call_qgemm(
+    ctx: EmitContext,
+    act: _Act,
+    plan: QGemmPlan,
+    args: list[relax.Expr],
+    colsum: np.ndarray,
+    pixels: int,
+    shift: int,
+    epilogue: tuple[np.ndarray | bool | None, str, list[float]],
+    name: str,
+    shape: list[int],
+    out_block: int = 0,
+) -> relax.Expr | None:
+    """Emit the integer GEMM on ``args`` (operands and scale) plus its zero-point correction (from the weight
+    ``colsum`` per output channel, over ``pixels`` activation vectors) and ``epilogue`` (bias, activation, its
+    parameters); ``None`` when the activation's zero point needs a per-row correction, which the conv kernels
+    do not take."""
+    bias, activation, params = epilogue
+    zero_point, zp_args = _zero_point_args(ctx, act, shift, colsum, pixels, plan)
+    if zero_point not in ("", "col"):
+        return None
+    args = [*args, *zp_args]
+    if isinstance(bias, np.ndarray):
+        args.append(relax.const(np.ascontiguousarray(bias)))
+    func = qgemm_func(
+        plan,
+        zero_point=zero_point,
+        bias=isinstance(bias, np.ndarray),
+        activation=activation,
+        activation_params=params,
+        out_block=out_block,
+    )
+    return call_kernel(ctx, func, name, args, shape, "float32")
+
+
 def _blocked_qconv(
     ctx: EmitContext,
     act: _Act,
@@ -149,23 +184,11 @@ def _blocked_qconv(
         x = ctx.emit(R.nn.pad(x, [0, plan.mp - m, 0, plan.kp - ci]))
     wk = np.zeros((plan.kp, co), np.int8)
     wk[:ci] = wk_t
-    args: list[relax.Expr] = [x, relax.const(pack_qweight(wk, plan)), _scale_arg(ctx, act, w_scale)]
-    zero_point, zp_args = _zero_point_args(ctx, act, shift, wk_t.astype(np.int64).sum(axis=0), m, plan)
-    if zero_point not in ("", "col"):
-        return None
-    args += zp_args
-    if isinstance(bias, np.ndarray):
-        args.append(relax.const(np.ascontiguousarray(bias)))
-    func = qgemm_func(
-        plan,
-        zero_point=zero_point,
-        bias=isinstance(bias, np.ndarray),
-        activation=activation,
-        activation_params=params,
-        out_block=b,
-    )
-    y = call_kernel(ctx, func, "cacc_qconv1x1_blocked", args, [co // b, m, b], "float32")
-    return Blocked(ctx.emit(R.reshape(y, [1, co // b, h, wd, b])), b)
+    args = [x, relax.const(pack_qweight(wk, plan)), _scale_arg(ctx, act, w_scale)]
+    colsum = wk_t.astype(np.int64).sum(axis=0)
+    epilogue = (bias, activation, params)
+    y = _call_qgemm(ctx, act, plan, args, colsum, m, shift, epilogue, "cacc_qconv1x1_blocked", [co // b, m, b], b)
+    return None if y is None else Blocked(ctx.emit(R.reshape(y, [1, co // b, h, wd, b])), b)
 
 
 def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
@@ -226,21 +249,12 @@ def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
     packed = _fused_quant_pack(ctx, act.q, shape, perm, plan) if strides == [1, 1] else None
     if packed is None:
         packed = _pack_activation(ctx, x, shape, perm, plan.kp, plan.np_, plan.nb)
-    args: list[relax.Expr] = [relax.const(wk), packed, _scale_arg(ctx, act, w_scale)]
-    zero_point, zp_args = _zero_point_args(ctx, act, shift, w.astype(np.int64).sum(axis=1), cols, plan)
-    if zero_point not in ("", "col"):
+    args = [relax.const(wk), packed, _scale_arg(ctx, act, w_scale)]
+    colsum = w.astype(np.int64).sum(axis=1)
+    epilogue = (bias, activation, params)
+    y = _call_qgemm(ctx, act, plan, args, colsum, cols, shift, epilogue, "cacc_qconv1x1_s8u8", [co, cols])
+    if y is None:
         return None
-    args += zp_args
-    if isinstance(bias, np.ndarray):
-        args.append(relax.const(np.ascontiguousarray(bias)))
-    func = qgemm_func(
-        plan,
-        zero_point=zero_point,
-        bias=isinstance(bias, np.ndarray),
-        activation=activation,
-        activation_params=params,
-    )
-    y = call_kernel(ctx, func, "cacc_qconv1x1_s8u8", args, [co, cols], "float32")
     if n == 1:
         return [ctx.emit(R.reshape(y, [1, co, oh, ow]))]
     return [ctx.emit(R.permute_dims(R.reshape(y, [co, n, oh, ow]), [1, 0, 2, 3]))]
