@@ -48,6 +48,11 @@ def test_plan_blocks_values_that_convs_read() -> None:
     assert plan_blocked_values(model.graph) == {"a", "ar", "b", "c", "s"}
 
 
+def test_chain_with_a_batch_of_two_matches_ort() -> None:
+    nodes, inits = _chain_nodes()
+    check_against_ort(nodes, {"x": rand(2, 3, 11, 13, seed=6)}, ["y", "m"], inits, atol=1e-3, rtol=1e-4)
+
+
 def test_chain_runs_without_layout_changes_between_convs() -> None:
     nodes, inits = _chain_nodes()
     feeds = {"x": rand(1, 3, 19, 17)}

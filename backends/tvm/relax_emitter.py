@@ -97,7 +97,7 @@ def _emit_node(ctx: EmitContext, node: ir.Node, index: int) -> None:
         if integer is None:
             integer = lower_weight_only(ctx, node)  # 4-bit weights unpacked in the kernel
         if integer is None:
-            integer = lower_blocked(ctx, node)  # residual adds of channel-blocked conv outputs
+            integer = lower_blocked(ctx, node)  # add / relu / per-tensor Q, DQ of channel-blocked values
         outs = integer if integer is not None else list(fn(ctx, node))
     except BackendError as exc:
         if exc.node is None:

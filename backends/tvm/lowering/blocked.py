@@ -1,10 +1,11 @@
-"""Channel-blocked (NCHW[b]c) conv chains: which values to block, the blocked conv and add lowerings.
+"""Channel-blocked (NCHW[b]c) conv chains: which values to block, the blocked conv and elementwise lowerings.
 
 A conv whose output feeds another conv writes it channel-blocked (:class:`Blocked`), and the next
 conv reads it that way: depthwise convs then vectorise over channels instead of along short rows
-(:mod:`backends.tvm.schedules.nchwc`). Residual ``Add`` / ``Relu`` on blocked values stay blocked.
-Any other consumer gets the NCHW form from :meth:`EmitContext.expr`, converted once, so the choice
-of layout never changes what the model computes.
+(:mod:`backends.tvm.schedules.nchwc`). Residual ``Add`` / ``Relu`` and per-tensor ``QuantizeLinear`` /
+``DequantizeLinear`` of blocked values stay blocked (an integer 1x1 conv then reads blocked uint8
+activations, :mod:`backends.tvm.lowering.qconv`). Any other consumer gets the NCHW form from
+:meth:`EmitContext.expr`, converted once, so the choice of layout never changes what the model computes.
 """
 
 from __future__ import annotations
