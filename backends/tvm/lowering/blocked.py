@@ -17,10 +17,9 @@ import onnx_ir as ir
 from tvm import relax, tirx
 
 from backends.tvm.lowering.common import CACC_DOMAIN, Blocked, EmitContext, Out, input_at, np_dtype
-from backends.tvm.lowering.kernels import call_kernel
+from backends.tvm.lowering.kernels import call_kernel, conv_key, conv_operands_ok, static_shape
 from backends.tvm.lowering.quant import quantize_expr
 from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile
-from backends.tvm.schedules.epilogue import SUPPORTED
 from backends.tvm.schedules.nchwc import (
     DEPTHWISE_WIDTHS,
     BlockedConvPlan,
@@ -95,10 +94,6 @@ def to_blocked(ctx: EmitContext, x: relax.Expr, block: int) -> relax.Expr:
     return ctx.emit(R.permute_dims(R.reshape(x, [n, c // block, block, h, w]), [0, 1, 3, 4, 2]))
 
 
-def _static(shape: Sequence[object]) -> list[int] | None:
-    return [int(d) for d in shape] if all(isinstance(d, int) for d in shape) else None  # type: ignore[call-overload]
-
-
 def emit_blocked_conv2d(
     ctx: EmitContext,
     x_v: ir.Value,
@@ -118,19 +113,14 @@ def emit_blocked_conv2d(
         return None
     held = ctx.blocked_form(x_v)
     wanted = out_v is not None and out_v.name in ctx.prefer_blocked
-    shape = _static(ctx.shape(x_v))
+    shape = static_shape(ctx, x_v)
     cfg = target_lanes()
     b = cfg.lanes
     if (
         (held is None and not wanted)
         or (held is not None and held.block != b)
         or shape is None
-        or len(shape) != 4
-        or w.ndim != 4
-        or w.dtype != np.float32
-        or ctx.dtype(x_v) != "float32"
-        or activation not in SUPPORTED
-        or (bias is not None and (bias.dtype != np.float32 or bias.size != w.shape[0]))
+        or not conv_operands_ok(shape, ctx.dtype(x_v), w, bias, activation)
         or not blocked_conv_applies(shape[1], int(w.shape[0]), groups, int(w.shape[1]), b, held is not None)
     ):
         return None
@@ -174,12 +164,8 @@ def emit_blocked_conv2d(
             plan(t), "float32", bias=bias is not None, activation=activation, activation_params=activation_params
         )
 
-    layout = "b" if in_blocked else "p"
-    key = (
-        f"{'depthwise_' if depthwise else ''}conv2d_nchwc:{layout}:x{'x'.join(map(str, shape))}"
-        f":w{'x'.join(map(str, w.shape))}:s{'.'.join(map(str, strides))}:d{'.'.join(map(str, dilations))}"
-        f":p{'.'.join(map(str, pads))}:lanes{b}"
-    )
+    kind = f"{'depthwise_' if depthwise else ''}conv2d_nchwc:{'b' if in_blocked else 'p'}"
+    key = conv_key(kind, shape, w.shape, strides, dilations, pads, b)
     tile = choose_tile(KernelWorkload(key, default, candidates, make))
     p = plan(tile)
     args = [x, relax.const(pack_blocked_weight(w, p))]

@@ -10,11 +10,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import onnx_ir as ir
 from tvm import relax, tirx
 
 from backends.tvm.lowering.common import EmitContext
 from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile, conv_candidates, gemm_candidates
-from backends.tvm.schedules.conv import DEPTHWISE_TILES, conv_func, pack_conv_weight, plan_conv
+from backends.tvm.schedules.conv import DEPTHWISE_TILES, conv_func, is_depthwise, pack_conv_weight, plan_conv
 from backends.tvm.schedules.epilogue import SUPPORTED
 from backends.tvm.schedules.gemm import GemmPlan, gemm_func, pack_lhs, pack_rhs
 from backends.tvm.schedules.tiling import fits_registers, pick_tile, target_lanes
@@ -22,10 +23,37 @@ from backends.tvm.schedules.tiling import fits_registers, pick_tile, target_lane
 R = relax.op
 
 
-def static_shape(ctx: EmitContext, e: relax.Expr) -> list[int] | None:
-    """The shape of ``e`` as ints, or ``None`` when a dim is symbolic."""
+def static_shape(ctx: EmitContext, e: relax.Expr | ir.Value) -> list[int] | None:
+    """The shape of ``e`` (an expression or an IR value) as ints, or ``None`` when a dim is symbolic."""
     shape = ctx.shape(e)
     return [int(d) for d in shape] if all(isinstance(d, int) for d in shape) else None
+
+
+def conv_operands_ok(
+    shape: list[int] | None, x_dtype: str, w: np.ndarray, bias: np.ndarray | None, activation: str
+) -> bool:
+    """Whether a conv has what cacc's fp32 conv kernels take: a static 4-D fp32 input, a constant 4-D fp32
+    weight, a fusable activation and no bias or one fp32 value per output channel."""
+    return not (
+        shape is None
+        or len(shape) != 4
+        or w.ndim != 4
+        or w.dtype != np.float32
+        or x_dtype != "float32"
+        or activation not in SUPPORTED
+        or (bias is not None and (bias.dtype != np.float32 or bias.size != w.shape[0]))
+    )
+
+
+def conv_key(
+    kind: str, shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+    pads: Sequence[int], lanes: int,
+) -> str:  # fmt: skip
+    """The tile-choice key of a conv kernel (its kind, shapes, strides, dilations, pads and vector lanes)."""
+    return (
+        f"{kind}:x{'x'.join(map(str, shape))}:w{'x'.join(map(str, w_shape))}"
+        f":s{'.'.join(map(str, strides))}:d{'.'.join(map(str, dilations))}:p{'.'.join(map(str, pads))}:lanes{lanes}"
+    )
 
 
 def call_kernel(
@@ -128,18 +156,10 @@ def emit_conv2d(
 ) -> relax.Expr | None:
     """``act(conv2d(x, w) + bias)`` (dense or depthwise, constant ``w``); ``None`` if it does not apply."""
     shape = static_shape(ctx, x)
-    if (
-        shape is None
-        or len(shape) != 4
-        or w.ndim != 4
-        or w.dtype != np.float32
-        or ctx.dtype(x) != "float32"
-        or activation not in SUPPORTED
-        or (bias is not None and (bias.dtype != np.float32 or bias.size != w.shape[0]))
-    ):
+    if shape is None or not conv_operands_ok(shape, ctx.dtype(x), w, bias, activation):
         return None
     c, co = shape[1], int(w.shape[0])
-    depthwise = groups == c and co == c and w.shape[1] == 1 and groups > 1
+    depthwise = is_depthwise(c, co, groups, int(w.shape[1]))
     if not depthwise and (groups != 1 or w.shape[1] != c):
         return None
     if not depthwise and _pointwise_as_gemm(shape, w.shape, strides, pads):
@@ -162,10 +182,7 @@ def emit_conv2d(
         has_bias = bias is not None
         return conv_func(p, "float32", bias=has_bias, activation=activation, activation_params=activation_params)
 
-    key = (
-        f"{'depthwise_' if depthwise else ''}conv2d:x{'x'.join(map(str, shape))}:w{'x'.join(map(str, w.shape))}"
-        f":s{'.'.join(map(str, strides))}:d{'.'.join(map(str, dilations))}:p{'.'.join(map(str, pads))}:lanes{cfg.lanes}"
-    )
+    key = conv_key(f"{'depthwise_' if depthwise else ''}conv2d", shape, w.shape, strides, dilations, pads, cfg.lanes)
     tile = choose_tile(KernelWorkload(key, default, candidates, make))
     plan = plan_conv(shape, w.shape, strides, dilations, pads, depthwise, cfg, (tile["mr"], tile["nb"]))
     func = make(tile)

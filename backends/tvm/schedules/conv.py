@@ -50,6 +50,21 @@ class ConvPlan:
 DEPTHWISE_TILES = ((4, 1), (4, 2), (6, 1), (2, 4), (2, 2))
 
 
+def is_depthwise(c: int, co: int, groups: int, w_in: int) -> bool:
+    """Whether a conv with ``c`` input / ``co`` output channels, ``groups`` and ``w_in`` weight input channels
+    is depthwise (one filter per channel)."""
+    return groups == c == co and w_in == 1 and groups > 1
+
+
+def conv_output_size(
+    h: int, w: int, kh: int, kw: int, strides: Sequence[int], dilations: Sequence[int], pads: Sequence[int]
+) -> tuple[int, int]:
+    """``(OH, OW)`` of a 2-D conv (``pads`` in ONNX order ``[t, l, b, r]``)."""
+    oh = (h + pads[0] + pads[2] - (kh - 1) * int(dilations[0]) - 1) // int(strides[0]) + 1
+    ow = (w + pads[1] + pads[3] - (kw - 1) * int(dilations[1]) - 1) // int(strides[1]) + 1
+    return oh, ow
+
+
 def conv_tile_shape(oh: int, ow: int, co: int, depthwise: bool, cfg: TileConfig) -> tuple[int, int]:
     """The default register tile ``(mr, nb)``: depthwise tiles rows x columns, dense tiles channels x columns."""
     if depthwise:
@@ -77,8 +92,7 @@ def plan_conv(
     co, _, kh, kw = (int(v) for v in w_shape)
     sh, sw = int(strides[0]), int(strides[1])
     dh, dw = int(dilations[0]), int(dilations[1])
-    oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
-    ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = conv_output_size(h, w, kh, kw, strides, dilations, pads)
     mr, nb = tile if tile is not None else conv_tile_shape(oh, ow, co, depthwise, cfg)
     return ConvPlan(
         n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, depthwise, mr, nb, local_pad

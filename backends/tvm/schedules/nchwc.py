@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tvm import te, tirx
 
+from backends.tvm.schedules.conv import conv_output_size, is_depthwise
 from backends.tvm.schedules.epilogue import activation_expr
 from backends.tvm.schedules.tiled import KERNEL_ATTR, tile_attr
 from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
@@ -61,18 +62,24 @@ class BlockedConvPlan:
     local_pad: bool = False
 
     @property
-    def pads_input(self) -> bool:
-        """Whether the kernel reads outside the input (then it reads a zero-padded copy)."""
+    def input_extent(self) -> tuple[int, int]:
+        """Rows and columns of input the taps of the (column-padded) output tiles read, padding included."""
         (sh, sw), (dh, dw) = self.stride, self.dilation
         h_need = (self.oh - 1) * sh + (self.kh - 1) * dh + 1
         w_need = (ceil_to(self.ow, self.mr) - 1) * sw + (self.kw - 1) * dw + 1
+        return h_need, w_need
+
+    @property
+    def pads_input(self) -> bool:
+        """Whether the kernel reads outside the input (then it reads a zero-padded copy)."""
+        h_need, w_need = self.input_extent
         return any(self.pad) or h_need > self.h or w_need > self.w
 
 
 def blocked_conv_applies(c: int, co: int, groups: int, w_in: int, block: int, in_blocked: bool) -> bool:
     """Whether a conv has a blocked kernel: ``co`` a multiple of ``block`` and dense or depthwise
     (``w_in``: the weight's input channels); depthwise and blocked inputs need ``c`` in whole blocks."""
-    depthwise = groups == c == co and w_in == 1 and groups > 1
+    depthwise = is_depthwise(c, co, groups, w_in)
     if co % block or not (depthwise or (groups == 1 and w_in == c)):
         return False
     return c % block == 0 if depthwise or in_blocked else True
@@ -99,8 +106,7 @@ def plan_blocked_conv(
     co, kh, kw = int(w_shape[0]), int(w_shape[2]), int(w_shape[3])
     sh, sw = int(strides[0]), int(strides[1])
     dh, dw = int(dilations[0]), int(dilations[1])
-    oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
-    ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = conv_output_size(h, w, kh, kw, strides, dilations, pads)
     if tile is None:
         if depthwise:
             tile = {"mr": DEPTHWISE_WIDTHS[0], "local_pad": 1}
@@ -161,9 +167,8 @@ def _padded_input(x: te.Tensor, p: BlockedConvPlan) -> te.Tensor:
     """``x`` zero-padded to everything the taps of the padded output tiles read (``x`` itself if nothing)."""
     if not p.pads_input:
         return x
-    (sh, sw), (dh, dw), (pt, pl) = p.stride, p.dilation, p.pad
-    h_need = (p.oh - 1) * sh + (p.kh - 1) * dh + 1
-    w_need = (ceil_to(p.ow, p.mr) - 1) * sw + (p.kw - 1) * dw + 1
+    pt, pl = p.pad
+    h_need, w_need = p.input_extent
     zero = tirx.const(0, x.dtype)
 
     def pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, xx: tirx.Var, *lane: tirx.Var) -> tirx.PrimExpr:
