@@ -11,6 +11,7 @@ from backends.tvm.lowering.qmatmul import integer_kernels
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.runtime import build
 from backends.tvm.schedules.qgemm import QKERNEL_ATTR, u8s8_pairing
+from backends.tvm.schedules.quantize import QUANTIZE_KIND
 from compiler.errors import BackendError
 from compiler.ir import infer_shapes, run
 from tests.helpers import arm_unavailable, make_model, tensor, to_ir
@@ -37,7 +38,11 @@ def _check(model: ir.Model, feeds: dict[str, np.ndarray], rtol: float = 1e-5) ->
 
 
 def _qkernels(model: ir.Model) -> list[str]:
-    """The integer GEMM kinds in the emitted module (one per kernel)."""
+    """The integer GEMM kinds (and conv packing prologues) in the emitted module, one per kernel."""
+    return [k for k in _all_qkernels(model) if k != QUANTIZE_KIND]
+
+
+def _all_qkernels(model: ir.Model) -> list[str]:
     mod = emit_relax(model)
     return sorted(str(f.attrs[QKERNEL_ATTR]) for _, f in mod.functions_items() if f.attrs and QKERNEL_ATTR in f.attrs)
 
@@ -59,6 +64,24 @@ def test_quantize_dequantize_per_tensor_rounds_half_to_even(dtype: int) -> None:
     x[1] += 0.1
     q, _ = _check(model, {"x": x})
     assert q[0, 0] == 3 and q[0, 1] == 5  # 0.5 -> 0, 1.5 -> 2 (+ zp 3)
+
+
+@pytest.mark.parametrize("shape", [[3, 5, 7, 11], [2, 64, 9, 13], [1, 96, 20, 20]])
+@pytest.mark.parametrize("dtype", [U8, I8])
+def test_per_tensor_quantize_is_one_flat_kernel_exact_to_the_reference(shape: list[int], dtype: int) -> None:
+    """Per-tensor QuantizeLinear with constant parameters runs as the flat CPU kernel (scalar steps, 8 lanes,
+    32 lanes in parallel chunks by size) and matches the reference bit for bit, ties and saturation included."""
+    zp = np.array(-5 if dtype == I8 else 131, np.uint8 if dtype == U8 else np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])]
+    model = _model(nodes, [tensor("x", shape)], [tensor("q", shape, dtype)],
+                   [("s", np.array(0.0625, np.float32)), ("z", zp)])  # fmt: skip
+    assert _all_qkernels(model) == [QUANTIZE_KIND]
+    rng = np.random.default_rng(len(shape) + dtype)
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    x.reshape(-1)[::3] = (rng.integers(-300, 300, x.size)[::3] + 0.5) * np.float32(0.0625)  # exact ties
+    (q,) = _check(model, {"x": x})
+    info = np.iinfo(q.dtype)
+    assert (q == info.min).any() and (q == info.max).any()
 
 
 def test_quantize_dequantize_per_axis_and_blocked() -> None:
@@ -285,10 +308,10 @@ def test_quantized_pointwise_convs_run_as_integer_gemms(batch: int, act_dtype: i
     assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()  # the fused Clip ran
 
 
-def _blocked_quant_chain(act_dtype: int) -> ir.Model:
+def _blocked_quant_chain(act_dtype: int, amax: int = 63) -> ir.Model:
     """float 3x3 conv -> Q/DQ -> int8 FusedConv 1x1 (Clip) -> Q/DQ -> depthwise conv: channel-blocked all along."""
     rng = np.random.default_rng(act_dtype)
-    wq = np.clip(np.rint(rng.standard_normal((24, 16, 1, 1)) * 20), -63, 63).astype(np.int8)
+    wq = np.clip(np.rint(rng.standard_normal((24, 16, 1, 1)) * amax / 2), -amax, amax).astype(np.int8)
     zdt = np.uint8 if act_dtype == U8 else np.int8
     nodes = [
         helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
@@ -313,14 +336,19 @@ def _blocked_quant_chain(act_dtype: int) -> ir.Model:
     return _model(nodes, [tensor("x", [1, 3, 6, 9])], outputs, inits)
 
 
-@pytest.mark.parametrize("act_dtype", [U8, I8])
-def test_quantized_pointwise_conv_on_channel_blocked_activations(act_dtype: int) -> None:
+@pytest.mark.parametrize(
+    ("act_dtype", "amax", "kind"), [(U8, 63, "u8s8"), (I8, 63, "u8s8"), (U8, 127, "s16"), (I8, 127, "s16")]
+)
+def test_quantized_pointwise_conv_on_channel_blocked_activations(act_dtype: int, amax: int, kind: str) -> None:
     """Between channel-blocked float convs the integer 1x1 conv reads and writes the blocked layout (a
-    u8s8 GEMM over pixels, no layout change), and matches the reference."""
-    model = _blocked_quant_chain(act_dtype)
+    GEMM over pixels, no layout change), and matches the reference: u8s8 for 7-bit weights, s16 for
+    full-range 8-bit weights (which ``vpmaddubsw`` could saturate)."""
+    model = _blocked_quant_chain(act_dtype, amax)
+    wq = next(v for v in model.graph.initializers.values() if v.name == "wq").const_value.numpy()
+    assert np.abs(wq).max() == amax
     script = emit_relax(model)["main"].script()
-    assert "cacc_qconv1x1_blocked" in script and "cacc_depthwise_conv2d_nchwc" in script
-    assert [k for k in _qkernels(model) if k != "pack"] == ["u8s8"]
+    assert f"cacc_qconv1x1_blocked_{kind}" in script and "cacc_depthwise_conv2d_nchwc" in script
+    assert [k for k in _qkernels(model) if k != "pack"] == [kind]
     x = np.random.default_rng(14).standard_normal((1, 3, 6, 9)).astype(np.float32)
     h, _ = _check(model, {"x": x}, rtol=2e-5)
     assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()

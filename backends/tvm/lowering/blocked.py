@@ -18,7 +18,7 @@ from tvm import relax, tirx
 
 from backends.tvm.lowering.common import CACC_DOMAIN, Blocked, EmitContext, Out, input_at, np_dtype
 from backends.tvm.lowering.kernels import call_kernel, conv_key, conv_operands_ok, static_shape
-from backends.tvm.lowering.quant import quantize_expr
+from backends.tvm.lowering.quant import quantize_per_tensor
 from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile
 from backends.tvm.schedules.nchwc import (
     DEPTHWISE_WIDTHS,
@@ -195,8 +195,8 @@ def lower_blocked(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
             dtype = np_dtype(node.outputs[0].dtype, node).name
             if dtype not in ("uint8", "int8") or ctx.dtype(exprs[0]) != "float32":
                 return None
-            z = None if zero is None else relax.const(float(zero.reshape(-1)[0]), "float32")
-            q = quantize_expr(ctx, exprs[0], relax.const(float(scale.reshape(-1)[0]), "float32"), z, dtype)
+            z = 0 if zero is None else int(zero.reshape(-1)[0])
+            q = quantize_per_tensor(ctx, exprs[0], float(scale.reshape(-1)[0]), z, dtype)
             return [Blocked(q, block)]
         x = ctx.emit(R.astype(exprs[0], "float32"))
         if zero is not None:

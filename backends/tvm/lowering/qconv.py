@@ -129,13 +129,14 @@ def _call_qgemm(
     name: str,
     shape: list[int],
     out_block: int = 0,
+    centred: bool = False,
 ) -> relax.Expr | None:
     """Emit the integer GEMM on ``args`` (operands and scale) plus its zero-point correction (from the weight
-    ``colsum`` per output channel, over ``pixels`` activation vectors) and ``epilogue`` (bias, activation, its
-    parameters); ``None`` when the activation's zero point needs a per-row correction, which the conv kernels
-    do not take."""
+    ``colsum`` per output channel, over ``pixels`` activation vectors; none when the activation operand is
+    ``centred``, i.e. already ``x_q - zp_x``) and ``epilogue`` (bias, activation, its parameters); ``None``
+    when the activation's zero point needs a per-row correction, which the conv kernels do not take."""
     bias, activation, params = epilogue
-    zero_point, zp_args = _zero_point_args(ctx, act, shift, colsum, pixels, plan)
+    zero_point, zp_args = ("", []) if centred else _zero_point_args(ctx, act, shift, colsum, pixels, plan)
     if zero_point not in ("", "col"):
         return None
     args = [*args, *zp_args]
@@ -164,21 +165,28 @@ def _blocked_qconv(
     params: list[float],
 ) -> Blocked | None:
     """A stride-1 pointwise conv on channel-blocked uint8/int8 activations, written channel-blocked: the
-    ``u8s8`` GEMM ``X[H*W, Ci] @ W[Ci, Co]`` (pixel rows broadcast, weight vectors over output channels,
-    as for a MatMul) with its output stored ``[Co/b, H*W, b]``. ``None`` when it does not apply."""
+    integer GEMM ``X[H*W, Ci] @ W[Ci, Co]`` (pixel rows broadcast, weight vectors over output channels,
+    as for a MatMul) with its output stored ``[Co/b, H*W, b]``. ``u8s8`` when the weight's channel pairs
+    cannot saturate ``vpmaddubsw`` in their order (always for 7-bit weights), else ``s16`` on
+    ``x_q - zp_x`` widened to int16 (full 8-bit weights). ``None`` when it does not apply."""
     n, _cb, h, wd, b = (int(d) for d in ctx.shape(held.expr))
     co, ci = w.shape
     wk_t = np.ascontiguousarray(w.T)  # [Ci, Co]
-    perm = u8s8_pairing(wk_t)
-    if n != 1 or strides != [1, 1] or co % b or perm is None or not np.array_equal(perm, np.arange(perm.size)):
+    if n != 1 or strides != [1, 1] or co % b:
         return None
+    perm = u8s8_pairing(wk_t)
+    kind = "u8s8" if perm is not None and np.array_equal(perm, np.arange(perm.size)) else "s16"
     m = h * wd
-    plan = plan_qgemm(m, ci, co, "u8s8")
+    plan = plan_qgemm(m, ci, co, kind)
     if plan.nb % b:
         return None
     x = ctx.emit(R.reshape(R.permute_dims(held.expr, [0, 2, 3, 1, 4]), [m, ci]))
-    shift = 128 if ctx.dtype(act.q) == "int8" else 0
-    if shift:
+    shift = 128 if kind == "u8s8" and ctx.dtype(act.q) == "int8" else 0
+    if kind == "s16":
+        x = ctx.emit(R.astype(x, "int16"))
+        if act.zero is not None:
+            x = ctx.emit(R.subtract(x, R.reshape(R.astype(ctx.expr(act.zero), "int16"), [])))
+    elif shift:
         x = ctx.emit(R.astype(R.add(R.astype(x, "int16"), relax.const(shift, "int16")), "uint8"))
     if (plan.mp, plan.kp) != (m, ci):
         x = ctx.emit(R.nn.pad(x, [0, plan.mp - m, 0, plan.kp - ci]))
@@ -187,7 +195,8 @@ def _blocked_qconv(
     args = [x, relax.const(pack_qweight(wk, plan)), _scale_arg(ctx, act, w_scale)]
     colsum = wk_t.astype(np.int64).sum(axis=0)
     epilogue = (bias, activation, params)
-    y = _call_qgemm(ctx, act, plan, args, colsum, m, shift, epilogue, "cacc_qconv1x1_blocked", [co // b, m, b], b)
+    name = f"cacc_qconv1x1_blocked_{kind}"
+    y = _call_qgemm(ctx, act, plan, args, colsum, m, shift, epilogue, name, [co // b, m, b], b, centred=kind == "s16")
     return None if y is None else Blocked(ctx.emit(R.reshape(y, [1, co // b, h, wd, b])), b)
 
 

@@ -4,7 +4,8 @@ DynamicQuantizeLinear, MatMulInteger.
 Values known at emit time (quantized weights) are computed with the reference kernels, so a
 constant ``DequantizeLinear`` becomes an fp32 constant: any quantized model compiles, running
 dequantize-then-fp32 where no integer kernel applies. Run-time quantization rounds half to even
-(:func:`round_half_even`) and saturates like ONNX.
+(:func:`round_half_even`) and saturates like ONNX; on CPUs a per-tensor quantization with constant
+parameters is one flat kernel (:mod:`backends.tvm.schedules.quantize`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 from tvm import relax
+from tvm.target import Target
 
 from backends.tvm.lowering.common import (
     EmitContext,
@@ -27,6 +29,8 @@ from backends.tvm.lowering.common import (
     relax_dtype,
     scalar,
 )
+from backends.tvm.lowering.kernels import call_kernel, static_shape
+from backends.tvm.schedules.quantize import quantize_func
 from compiler.errors import BackendError
 from compiler.ir.ops import quant as ref
 
@@ -117,6 +121,22 @@ def quantize_expr(
     return ctx.emit(R.astype(y, dtype))
 
 
+def quantize_per_tensor(ctx: EmitContext, x: relax.Expr, scale: float, zero: int, dtype: str) -> relax.Expr:
+    """:func:`quantize_expr` with constant per-tensor parameters: on CPUs, for a static-shape fp32 ``x`` and
+    an 8/16-bit ``dtype``, one flat kernel on 1-D views of ``x`` and the result (no copies)."""
+    target = Target.current(allow_none=True)
+    info = np.iinfo(np.dtype(dtype))
+    shape = static_shape(ctx, x)
+    cpu = target is None or target.kind.name == "llvm"
+    if cpu and shape is not None and ctx.dtype(x) == "float32" and info.bits <= 16:
+        n = int(np.prod(shape))
+        func = quantize_func(n, scale, zero, int(info.min), int(info.max), dtype)
+        y = call_kernel(ctx, func, "cacc_quantize", [ctx.emit(R.memory.view(x, [n]))], [n], dtype)
+        return ctx.emit(R.memory.view(y, shape))
+    ft = ctx.dtype(x)
+    return quantize_expr(ctx, x, relax.const(scale, ft), relax.const(float(zero), ft), dtype)
+
+
 @lowering("QuantizeLinear")
 def lower_quantize(ctx: EmitContext, node: ir.Node) -> list[Out]:
     """QuantizeLinear (per-tensor, per-axis, blocked; run-time outputs of 8/16/32-bit integer types)."""
@@ -134,6 +154,10 @@ def lower_quantize(ctx: EmitContext, node: ir.Node) -> list[Out]:
         )
     x = ctx.expr(x_v)
     shape = ctx.shape(x)
+    s_known, z_known = ctx.const(node.inputs[1]), ctx.const(zp_v)
+    if s_known is not None and s_known.size == 1 and (zp_v is None or (z_known is not None and z_known.size == 1)):
+        zp = 0 if z_known is None else int(z_known.reshape(-1)[0])
+        return [quantize_per_tensor(ctx, x, float(s_known.reshape(-1)[0]), zp, relax_dtype(out_dtype))]
     axis, block = _qparams(node, len(shape))
     ft = ctx.dtype(x)
     scale = _param(ctx, node, 1, shape, axis, block, ft)

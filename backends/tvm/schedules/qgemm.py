@@ -280,7 +280,7 @@ def qgemm_func(
 ) -> tirx.PrimFunc:
     """PrimFunc ``(A[Mp, Kp], W packed, scale[N] f32[, zp...][, row_scale[Mp]][, bias[N]], out[M, N] f32)``.
 
-    ``out_block`` (``u8s8``, ``N`` a multiple of it) writes ``out`` column-blocked as ``[N/b, M, b]``: the
+    ``out_block`` (``u8s8`` or ``s16``, ``N`` a multiple of it) writes ``out`` column-blocked as ``[N/b, M, b]``: the
     channel-blocked output of a pointwise conv whose ``M`` rows are pixels (``backends.tvm.lowering.blocked``).
 
     ``A`` is int16 (``s16``: already centred) or uint8 (``u8s8``). ``zero_point`` corrects the
@@ -365,10 +365,11 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     tile is allocated once per panel.
     """
     kind = str(func.attrs[QKERNEL_ATTR])
-    if kind not in _KINDS:  # the integer conv's quantize-and-pack prologue
+    if kind not in _KINDS:  # the integer conv's quantize-and-pack prologue, or a flat quantize
         from backends.tvm.schedules.qconv import schedule_quant_pack
+        from backends.tvm.schedules.quantize import QUANTIZE_KIND, schedule_quantize
 
-        return schedule_quant_pack(func)
+        return schedule_quantize(func) if kind == QUANTIZE_KIND else schedule_quant_pack(func)
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     out = sch.get_sblock("out")
