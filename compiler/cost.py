@@ -64,6 +64,10 @@ class TargetCosts:
     #: whether convs with a kernel larger than 1x1 have an integer kernel; without one a quantized conv runs
     #: dequantized in fp32 and only pays the quantize steps around it
     int8_spatial_conv: bool = True
+    #: int8 throughput with full-range 8-bit weights where the fast kernel needs 7-bit ones (``None``: the same
+    #: as ``int8_gops``); on x86 AVX2 without VNNI those run the exact s16 ``vpmaddwd`` kernel on activations
+    #: widened to int16, instead of ``vpmaddubsw`` whose int16 pair sums they could saturate
+    int8_full_gops: float | None = None
 
 
 TARGETS: dict[str, TargetCosts] = {
@@ -75,12 +79,16 @@ TARGETS: dict[str, TargetCosts] = {
         int8_gops=X86_INT8_GOPS,
         depthwise_fp32_gflops=12.0,  # estimate: the direct depthwise kernel is load/store bound
         depthwise_int8_gops=8.0,  # estimate: int8 needs widening to int16/int32, no dot product
-        bandwidth_gbs=10.0,  # measured: numpy stream copy 12.9 GB/s, read 7.2 GB/s (loaded machine)
+        # measured: a vectorised TVM stream (read + write) over L3-resident activations of 1.2-4.8 MB, the sizes of
+        # EfficientNet-Lite0's, 42-52 GB/s on one thread (18 GB/s once the data outgrows the 32 MB L3)
+        bandwidth_gbs=10.0,
         call_overhead_s=2e-6,
         unpack_gelems=16.0,  # in-register shifts and converts, 8 lanes
         epilogue_gelems=16.0,  # in-register int32 -> fp32 multiply-add, 8 lanes
         source="fp32 and int8 GEMM / 1x1 conv kernels and bandwidth measured on this machine",
         int8_spatial_conv=False,  # cacc's x86 integer kernels: GEMMs and 1x1 convs
+        # measured: EfficientNet-Lite0's channel-blocked s16 1x1 convs 80-143 GOP/s on 1 thread
+        int8_full_gops=220.0,
     ),
     "onnx": TargetCosts(
         "onnx",
@@ -293,9 +301,11 @@ def layer_cost_breakdown(
             t.bandwidth_gbs * 1e9
         )
     elif integer:
-        rate = t.depthwise_int8_gops if shape.kind == "depthwise" else t.int8_gops
+        full_rate = t.int8_full_gops if weight_bits is not None and weight_bits >= 8 else None
+        full = full_rate is not None
+        rate = t.depthwise_int8_gops if shape.kind == "depthwise" else (full_rate or t.int8_gops)
         compute = _padded_flops(shape, t.tile_int8) / (rate * 1e9)
-        in_bytes = shape.activation_elems * (activation_bits or 8) / 8
+        in_bytes = shape.activation_elems * (activation_bits or 8) / 8 * (2 if full else 1)  # s16: widened copy
         # The activation quantize pass: read fp32, write the integer copy, as its own kernel.
         overhead += t.call_overhead_s + shape.activation_elems * (4 + (activation_bits or 8) / 8) / (
             t.bandwidth_gbs * 1e9

@@ -5,8 +5,9 @@ Activations: per-tensor ``QuantizeLinear -> DequantizeLinear`` on each layer's d
 asymmetric by default, int8 symmetric with ``activation_symmetric``), with ranges calibrated over the
 calibration set (:mod:`passes.quant.calibration`: minmax, percentile, entropy, mse).
 
-Where an integer kernel needs it, the layer's *output* is quantized too, so that backends (ONNX
-Runtime's QDQ fusion, in particular) see a complete ``DQ -> op -> Q`` group:
+Where ONNX Runtime's integer kernels need it, the layer's *output* is quantized too, so that its QDQ
+fusion sees a complete ``DQ -> op -> Q`` group (not for the TVM targets, whose integer kernels write
+float):
 
 - ``Conv``: ONNX Runtime only forms ``QLinearConv`` with a ``QuantizeLinear`` after the Conv (or after
   its ``Relu`` / ``Clip``, which then becomes redundant), so the Conv's (activated) output is quantized.
@@ -53,7 +54,7 @@ from passes.quant.layers import (
 )
 from passes.quant.scheme import QuantParams, quantize_weight, scale_zero_point
 
-_OVERRIDE_KEYS = ("method", "percentile", "activation_symmetric")
+_OVERRIDE_KEYS = ("method", "percentile", "activation_symmetric", "reduce_range")
 
 #: Values of ``Int8Options.weight_rounding``.
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
@@ -62,13 +63,17 @@ WEIGHT_ROUNDINGS = ("nearest", "gptq")
 COST_CHECK_TARGETS = ("x86", "arm", "onnx")
 
 
+#: Targets compiled by the TVM backend: integer kernels with float epilogues, no output Q/DQ needed.
+TVM_TARGETS = ("x86", "arm", "cuda")
+
+
 @dataclass
 class Int8Options:
     """Options of ``quantize_int8`` (``pass_options={"quantize_int8": {...}}``).
 
     ``layers`` maps a node-name glob to ``"fp32"`` (keep the layer in float) or to a dict overriding
-    ``method`` / ``percentile`` / ``activation_symmetric`` for matching layers; the first matching
-    pattern wins.
+    ``method`` / ``percentile`` / ``activation_symmetric`` / ``reduce_range`` for matching layers (e.g. full
+    8-bit weights for the few layers that are sensitive to 7-bit ones); the first matching pattern wins.
     """
 
     method: str = "percentile"
@@ -79,7 +84,10 @@ class Int8Options:
     layers: dict[str, Any] = field(default_factory=dict)
     num_samples: int | None = None  #: calibrate on the first N samples (None: all)
     min_weight_elements: int = 128  #: smaller weights stay in float (no gain from int8)
-    quantize_outputs: bool = True  #: output Q/DQ where an integer kernel needs it (see module doc)
+    #: output Q/DQ where ONNX Runtime's QDQ fusion needs it (see module doc). None: on except for the TVM targets
+    #: (x86, arm, cuda), whose integer kernels write float and never need it; there an output Q/DQ in front of a
+    #: float consumer (a depthwise conv) would only add a quantize / dequantize pass and its rounding error
+    quantize_outputs: bool | None = None
     progress: bool | None = None  #: calibration progress bar (None: only on a terminal)
     embeddings: bool = True  #: int8 per-row tables for Gather of a constant 2-D table (weight-only)
     #: 7-bit weights ([-64, 63], stored as int8): ONNX Runtime's u8s8 kernels on x86 without VNNI add pairs of
@@ -142,11 +150,17 @@ def _check_method(method: str, percentile: float) -> None:
 
 @dataclass(frozen=True)
 class ActivationSettings:
-    """How one activation tensor is calibrated and quantized."""
+    """How one layer's activation tensor is calibrated and quantized (and whether its weights are 7-bit)."""
 
     method: str
     percentile: float
     symmetric: bool
+    reduce_range: bool = False
+
+    @property
+    def weight_bits(self) -> int:
+        """The layer's weight range in bits (stored as int8 either way)."""
+        return 7 if self.reduce_range else 8
 
     def params(self, observer: TensorObserver) -> QuantParams:
         """The tensor's per-tensor quantization parameters from its statistics."""
@@ -156,7 +170,7 @@ class ActivationSettings:
 
 def layer_settings(name: str, opts: Int8Options) -> ActivationSettings | None:
     """The activation settings for layer ``name`` after per-layer overrides; ``None``: keep it in fp32."""
-    base = ActivationSettings(opts.method, opts.percentile, opts.activation_symmetric)
+    base = ActivationSettings(opts.method, opts.percentile, opts.activation_symmetric, bool(opts.reduce_range))
     for pattern, override in opts.layers.items():
         if matches_any(name, [pattern]):
             if override == "fp32":
@@ -166,8 +180,14 @@ def layer_settings(name: str, opts: Int8Options) -> ActivationSettings | None:
                 method=override.get("method", base.method),
                 percentile=float(override.get("percentile", base.percentile)),
                 symmetric=bool(override.get("activation_symmetric", base.symmetric)),
+                reduce_range=bool(override.get("reduce_range", base.reduce_range)),
             )
     return base
+
+
+def _weight_bits(layer: QuantLayer, opts: Int8Options) -> int:
+    settings = layer_settings(layer.name, opts)
+    return 8 if settings is None else settings.weight_bits
 
 
 # ---------------------------------------------------------------------------------------------- preparation
@@ -366,7 +386,7 @@ def quantize_layers(
         if settings is None:
             records.append(_kept(layer, pass_name, before, "kept fp32 by a per-layer override"))
             continue
-        bits = 7 if opts.reduce_range else 8
+        bits = settings.weight_bits
         if weights is not None and layer.name in weights:
             q, params = weights[layer.name]
         else:
@@ -379,7 +399,7 @@ def quantize_layers(
                 layer.name,
                 layer.op_type,
                 pass_name,
-                f"int8 static ({settings.method}, {sym} act{', 7-bit w' if opts.reduce_range else ''}"
+                f"int8 static ({settings.method}, {sym} act{', 7-bit w' if settings.reduce_range else ''}"
                 f"{', GPTQ w' if weights is not None and layer.name in weights else ''})",
                 8,
                 8,
@@ -456,6 +476,8 @@ class QuantizeInt8Pass(Pass):
         target = self.context.target
         if opts.reduce_range is None:
             opts.reduce_range = target in ("onnx", "x86")
+        if opts.quantize_outputs is None:
+            opts.quantize_outputs = target not in TVM_TARGETS
         feeds = self.calibration_feeds(minimum=1)
         prepare_model(model, opts)
         layers, kept = select_layers(model, opts)
@@ -466,9 +488,9 @@ class QuantizeInt8Pass(Pass):
             infer_shapes(model)  # the cost model needs every layer's input shape
 
         bc_feeds = feeds[: opts.num_samples] if opts.num_samples is not None else feeds
+        bits = {layer.name: _weight_bits(layer, opts) for layer in layers}
         weights = None
         if opts.weight_rounding == "gptq":
-            bits = 7 if opts.reduce_range else 8
             weights = gptq_weights(model, layers, bc_feeds, bits, damp=opts.gptq_damp)
 
         def quantize_one(m: ir.Model, layer: QuantLayer) -> None:
@@ -480,6 +502,7 @@ class QuantizeInt8Pass(Pass):
             quantize_one,
             feeds,
             target=target,
+            weight_bits=bits,
             cost_check=cost_check,
             diagnose=opts.diagnose,
             tolerance=opts.tolerance,

@@ -67,7 +67,7 @@ def test_spatial_convs_without_an_integer_kernel_stay_in_float() -> None:
         ok, reason = integer_kernel_pays_off(conv3, target)
         assert not ok and "no integer kernel for a 9-tap conv" in reason, reason
         assert layer_cost(conv3, 8, 8, target) > layer_cost(conv3, None, None, target)
-        assert integer_kernel_pays_off(conv1, target)[0]
+        assert integer_kernel_pays_off(conv1, target, weight_bits=7)[0]
     assert integer_kernel_pays_off(conv3, "onnx")[0]
 
 
@@ -75,9 +75,19 @@ def test_faster_int8_kernels_make_more_layers_pay_off() -> None:
     pointwise = LayerShape.conv(1, 192, 32, (28, 28), (1, 1))
     slow = with_int8_throughput("x86", 50.0)
     fast = with_int8_throughput("x86", 400.0)
-    assert layer_cost(pointwise, 8, 8, fast) < layer_cost(pointwise, 8, 8, slow)
-    assert not integer_kernel_pays_off(MINILM_FFN, slow)[0]
-    assert integer_kernel_pays_off(MINILM_FFN, fast)[0]
+    assert layer_cost(pointwise, 7, 8, fast) < layer_cost(pointwise, 7, 8, slow)
+    assert not integer_kernel_pays_off(MINILM_FFN, slow, weight_bits=7)[0]
+    assert integer_kernel_pays_off(MINILM_FFN, fast, weight_bits=7)[0]
+
+
+def test_full_range_8bit_weights_cost_the_slower_kernel_only_where_the_target_has_one() -> None:
+    """x86 AVX2 runs 7-bit weights on vpmaddubsw and full-range 8-bit ones on the s16 kernel (lower
+    throughput, an int16 activation copy); ORT's cost does not depend on the weight range."""
+    x86 = TARGETS["x86"]
+    assert x86.int8_full_gops is not None and x86.int8_full_gops < x86.int8_gops
+    assert layer_cost(MINILM_FFN, 8, 8, "x86") > layer_cost(MINILM_FFN, 7, 8, "x86")
+    assert layer_cost(MINILM_FFN, 8, 8, "onnx") == layer_cost(MINILM_FFN, 7, 8, "onnx")
+    assert "w7a8 est." in integer_kernel_pays_off(MINILM_FFN, "x86", weight_bits=7)[1]
 
 
 def test_targets_without_a_model_and_unknown_shapes() -> None:

@@ -133,6 +133,22 @@ def test_ir_form_per_channel_weights_and_output_qdq_after_relu() -> None:
     assert [r.node for r in pass_.context.layers] == ["conv1", "conv2", "fc"]
 
 
+@pytest.mark.parametrize("target", ["x86", "arm", "cuda"])
+def test_tvm_targets_get_no_output_qdq(target: str) -> None:
+    """The TVM backends' integer kernels write float: only layer inputs are quantized, so the residual Add
+    reads relu1's float output and the Gemm's bias Add reads the MatMul's (with ORT's QDQ both read a DQ)."""
+    model = to_ir(_cnn())
+    feeds = [{"x": s[0]} for s in _samples((1, 8, 12, 12), 4)]
+    options = {"quantize_int8": {"cost_check": False}}
+    QuantizeInt8Pass(PassContext(calibration=feeds, target=target, options=options))(model)
+    g = model.graph
+    relu_out = next(n for n in g if n.name == "relu1").outputs[0]
+    assert sorted(u.node.op_type for u in relu_out.uses()) == ["Add", "QuantizeLinear"]  # conv2's input Q
+    fc = next(n for n in g if n.name == "fc")
+    assert [u.node.op_type for u in fc.outputs[0].uses()] == ["Add"]
+    assert sum(n.op_type == "QuantizeLinear" for n in g) == 3  # the data inputs of conv1, conv2, fc
+
+
 def test_prepare_model_is_exact() -> None:
     for builder, shape in ((_cnn, (1, 8, 12, 12)), (_mlp3d, (1, 16, 32))):
         model = to_ir(builder())
@@ -159,6 +175,31 @@ def test_skip_overrides_and_tiny_layers_are_recorded() -> None:
     tiny = QuantizeInt8Pass(PassContext(options={"quantize_int8": {"min_weight_elements": 10_000}}, calibration=feeds))
     tiny(to_ir(_cnn()))
     assert all("fewer than 10000 elements" in r.note for r in tiny.context.layers)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_per_layer_reduce_range_override(rounding: str) -> None:
+    """7-bit weights everywhere but the layers overridden to full 8-bit ones (rounded either way)."""
+    model = to_ir(_cnn())
+    feeds = [{"x": s[0]} for s in _samples((1, 8, 12, 12), 4)]
+    options = {
+        "reduce_range": True,
+        "weight_rounding": rounding,
+        "cost_check": False,
+        "layers": {"fc": {"reduce_range": False}},
+    }
+    pass_ = QuantizeInt8Pass(PassContext(options={"quantize_int8": options}, calibration=feeds, target="x86"))
+    pass_(model)
+    codes = {}
+    for node in model.graph:
+        if node.name in ("conv1", "conv2", "fc"):
+            dq = node.inputs[1].producer()
+            codes[node.name] = dq.inputs[0].const_value.numpy()  # type: ignore[union-attr]
+    for name in ("conv1", "conv2"):
+        assert codes[name].min() >= -64 and codes[name].max() <= 63 and np.abs(codes[name]).max() >= 63, name
+    assert np.abs(codes["fc"]).max() == 127
+    actions = {r.node: r.action for r in pass_.context.layers}
+    assert "7-bit w" in actions["conv1"] and "7-bit w" not in actions["fc"]
 
 
 @pytest.mark.parametrize(

@@ -135,11 +135,13 @@ def gptq_weights(
     model: ir.Model,
     layers: Sequence[QuantLayer],
     feeds: Sequence[Mapping[str, np.ndarray]],
-    bits: int,
+    bits: int | Mapping[str, int],
     *,
     damp: float = 0.01,
 ) -> dict[str, tuple[np.ndarray, QuantParams]]:
-    """GPTQ codes and parameters for every layer of ``layers`` (float ``model``, Hessians over ``feeds``)."""
+    """GPTQ codes and parameters for every layer of ``layers`` (float ``model``, Hessians over ``feeds``), at
+    ``bits`` (one width, or one per layer name)."""
     hessians = collect_conv_hessians(model, layers, feeds)
     hessians.update(collect_hessians(model, [la for la in layers if la.op_type != "Conv"], feeds))
-    return {layer.name: gptq_weight(layer, hessians[layer.name], bits, damp=damp) for layer in layers}
+    width = (lambda name: bits) if isinstance(bits, int) else bits.__getitem__
+    return {layer.name: gptq_weight(layer, hessians[layer.name], width(layer.name), damp=damp) for layer in layers}

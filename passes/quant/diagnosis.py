@@ -306,7 +306,7 @@ def plan_quantization(
     feeds: Sequence[Mapping[str, np.ndarray]],
     *,
     target: str | None = None,
-    weight_bits: int = 8,
+    weight_bits: int | Mapping[str, int] = 8,
     activation_bits: int | None = 8,
     cost_check: bool = True,
     diagnose: bool = False,
@@ -324,7 +324,12 @@ def plan_quantization(
     kept: list[tuple[QuantLayer, str]] = []
     for layer in layers:
         ok, reason = (
-            integer_kernel_pays_off(layer, target, weight_bits=weight_bits, activation_bits=activation_bits)
+            integer_kernel_pays_off(
+                layer,
+                target,
+                weight_bits=weight_bits if isinstance(weight_bits, int) else weight_bits.get(layer.name, 8),
+                activation_bits=activation_bits,
+            )
             if cost_check
             else (True, "")
         )

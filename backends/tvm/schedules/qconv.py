@@ -14,6 +14,7 @@ import tvm
 from tvm import s_tir, te, tirx
 
 from backends.tvm.schedules.qgemm import QKERNEL_ATTR, QGemmPlan
+from backends.tvm.schedules.quantize import round_half_even
 
 PACK_KIND = "pack"
 """``cacc.qkernel`` value of the quantize-and-pack prologue."""
@@ -33,7 +34,7 @@ def quant_pack_func(
         # padded channels meet zero weights and padded pixels are never stored: clamped reads suffice
         cc = c if channels % 4 == 0 else tirx.min(c, channels - 1)
         pp = p if pixels % nb == 0 else tirx.min(p, pixels - 1)
-        v = tirx.nearbyint(x[cc, pp] / s) + tirx.const(float(zero), "float32")
+        v = round_half_even(x[cc, pp] / s) + tirx.const(float(zero), "float32")
         v = tirx.max(tirx.min(v, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
         return (v.astype("int32") + shift).astype("uint32")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import s_tir, te, tirx
+from tvm.target import Target
 
 from backends.tvm.schedules.qgemm import QKERNEL_ATTR
 
@@ -25,12 +26,19 @@ _VEC = 32  # one 256-bit vector of uint8 results
 _CHUNK = 4096  # elements per parallel task
 
 
+def round_half_even(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``v`` rounded half to even: ``tirx.round`` for CPU (LLVM) emission, where it is the fast form of
+    ``llvm.nearbyint``; ``tirx.nearbyint`` elsewhere (CUDA's ``round`` rounds halves away from zero)."""
+    target = Target.current(allow_none=True)
+    return tirx.round(v) if target is None or target.kind.name == "llvm" else tirx.nearbyint(v)
+
+
 def quantize_func(n: int, scale: float, zero: int, qmin: int, qmax: int, dtype: str) -> tirx.PrimFunc:
     """PrimFunc ``(x[n] f32, y[n] dtype)``: per-tensor quantization with constant ``scale`` / ``zero``."""
     x = te.placeholder((n,), "float32", name="x")
 
     def q(i: tirx.Var) -> tirx.PrimExpr:
-        v = tirx.round(x[i] / tirx.const(scale, "float32")) + tirx.const(float(zero), "float32")
+        v = round_half_even(x[i] / tirx.const(scale, "float32")) + tirx.const(float(zero), "float32")
         v = tirx.max(tirx.min(v, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
         return v.astype(dtype)
 
@@ -55,4 +63,4 @@ def schedule_quantize(func: tirx.PrimFunc) -> s_tir.Schedule:
     return sch
 
 
-__all__ = ["QUANTIZE_KIND", "quantize_func", "schedule_quantize", "tvm"]
+__all__ = ["QUANTIZE_KIND", "quantize_func", "round_half_even", "schedule_quantize", "tvm"]
