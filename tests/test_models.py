@@ -143,19 +143,55 @@ def test_minilm_matches_sentence_transformers_pooling(minilm_spec: models.ModelS
 def test_minilm_retrieval_well_above_chance(minilm_spec: models.ModelSpec) -> None:
     pairs = minilm.eval_pairs()
     assert len(pairs) == 1000 and len({p[0] for p in pairs}) == 1000
-    calib_texts = {minilm.wordnet_candidates()[i][1] for i in minilm._selection()[1]}
-    assert not calib_texts & {p[1] for p in pairs}
     metrics = minilm_spec.evaluate(models.torch_predict(minilm_spec.module), limit=120)
     assert metrics["n"] == 120
     assert metrics["top5"] >= 0.45  # chance is 5/120
     assert metrics["top1"] <= metrics["top5"]
     assert metrics["top1"] >= 0.25
+    assert metrics["cos_fp32"] == pytest.approx(1.0, abs=1e-6)  # the fp32 module itself
     # Ties count against the model: a predictor that ignores its input retrieves nothing.
     const = minilm_spec.evaluate(lambda ids, mask: np.ones((1, 384), np.float32), limit=50)
     assert const["top1"] == 0.0 and const["top5"] == 0.0
     rng = np.random.default_rng(0)
     noise = minilm_spec.evaluate(lambda ids, mask: rng.standard_normal((1, 384)), limit=120)
     assert noise["top5"] < 0.2
+    assert abs(noise["cos_fp32"]) < 0.05  # random directions in 384-d
+
+
+def test_minilm_cos_fp32_tracks_perturbation(minilm_spec: models.ModelSpec) -> None:
+    """cos_fp32 is the mean cosine of each embedding to the fp32 one: a known rotation of the output gives
+    exactly its cosine, while top-1 barely moves."""
+    base = models.torch_predict(minilm_spec.module)
+    rng = np.random.default_rng(1)
+    direction = rng.standard_normal(384)
+
+    def perturbed(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        e = base(ids, mask).reshape(-1).astype(np.float64)
+        d = direction - (direction @ e) * e  # orthogonal to the unit embedding
+        return (np.cos(0.2) * e + np.sin(0.2) * d / np.linalg.norm(d))[None]
+
+    m = minilm_spec.evaluate(perturbed, limit=40)
+    assert m["cos_fp32"] == pytest.approx(np.cos(0.2), abs=1e-5)
+
+
+def test_minilm_calibration_mixes_nouns_and_glosses_disjoint_from_eval(minilm_spec: models.ModelSpec) -> None:
+    pairs = minilm.eval_pairs()
+    texts = minilm.calibration_texts()
+    assert len(texts) == 2 * minilm.NUM_CALIBRATION_PAIRS
+    assert not set(texts) & ({p[0] for p in pairs} | {p[1] for p in pairs})
+    # alternating (gloss, noun) of real candidate pairs, so the first 32 samples (int8 calibration) hold both kinds
+    glosses, nouns = texts[0::2], texts[1::2]
+    assert set(zip(nouns, glosses, strict=True)) <= set(minilm.wordnet_candidates())
+    assert all(" " not in n for n in nouns) and all(len(g.split()) >= 2 for g in glosses)
+    assert len(set(texts)) == len(texts)
+    # deterministic, and what the spec ships
+    minilm._selection.cache_clear()
+    assert minilm.calibration_texts() == texts
+    ids, mask = minilm.tokenize(texts)
+    np.testing.assert_array_equal(np.concatenate([s[0] for s in minilm_spec.calibration_data]), ids)
+    np.testing.assert_array_equal(np.concatenate([s[1] for s in minilm_spec.calibration_data]), mask)
+    # enough real tokens for full-rank GPTQ Hessians of the widest layer input (the FFN down-projection, 4 x 384)
+    assert int(mask.sum()) > 2 * 1536
 
 
 def test_minilm_missing_wordnet_names_debian_package(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -1,15 +1,18 @@
 """MiniLM WordNet retrieval: fp32 vs weight-only RTN vs GPTQ (exported ONNX run in ONNX Runtime, one thread).
 
 Prints, per variant, the mean cosine similarity of the sentence embeddings (nouns and glosses) to fp32's
-(a sensitive proxy: top-1 moves by noise of about 1 point on 1,000 pairs) and the retrieval top-1 / top-5.
+(a sensitive proxy: top-1 moves by noise of about 1 point on 1,000 pairs), the retrieval top-1 / top-5, the
+compile time, and for GPTQ a paired comparison with RTN at the same bits: ``+a/-b`` = pairs GPTQ retrieves and
+RTN misses / the reverse, with McNemar's exact two-sided p-value.
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 python tools/gptq_vs_rtn.py --bits 4 3 --limit 200
-    python tools/gptq_vs_rtn.py --bits 3 --damp 0.1 --limit 1000
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python tools/gptq_vs_rtn.py --bits 4 3 --limit 1000
+    python tools/gptq_vs_rtn.py --bits 4 --samples 16 64 0 --limit 200   # calibration samples (0 = all)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
@@ -35,6 +38,15 @@ def _embed(predict: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
+def mcnemar_p(wins: int, losses: int) -> float:
+    """Exact two-sided McNemar p-value for ``wins`` vs ``losses`` discordant pairs (binomial, p = 1/2)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
 def main() -> None:
     """Compile each variant, embed the first ``--limit`` eval pairs, print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +54,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200, help="eval pairs (1000 = the full task)")
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--damp", type=float, default=0.01)
+    ap.add_argument("--samples", type=int, nargs="+", default=[0], help="GPTQ calibration samples (0 = all)")
     ap.add_argument("--no-act-order", action="store_true")
     args = ap.parse_args()
 
@@ -49,21 +62,25 @@ def main() -> None:
     proto = ir.to_proto(import_model(spec.module, spec.example_inputs, input_names=list(spec.input_names)))
     noun_ids, noun_mask, gloss_ids, gloss_mask = (a[: args.limit] for a in minilm._eval_tokens())
 
-    def measure(p: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    def measure(p: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         predict = _predict(p)
         n, g = _embed(predict, noun_ids, noun_mask), _embed(predict, gloss_ids, gloss_mask)
         sims = n @ g.T  # ranks as models.minilm.evaluate counts them (ties count against the model)
         rank = (sims >= np.diagonal(sims)[:, None] - 1e-6).sum(axis=1) - 1
-        return n, g, {"top1": float(np.mean(rank < 1)), "top5": float(np.mean(rank < 5))}
+        return n, g, rank
 
-    ref_n, ref_g, ref = measure(proto)
-    print(f"{'variant':<16} {'cos(nouns)':>10} {'cos(gloss)':>10} {'top1':>6} {'top5':>6} {'compile s':>9}")
-    print(f"{'fp32':<16} {1.0:>10.4f} {1.0:>10.4f} {ref['top1']:>6.3f} {ref['top5']:>6.3f} {0.0:>9.1f}")
+    ref_n, ref_g, ref_rank = measure(proto)
+    print(f"calibration: {len(spec.calibration_data)} samples; eval pairs: {len(ref_rank)}")
+    head = f"{'variant':<22} {'1-cos(nouns)':>12} {'1-cos(gloss)':>12} {'top1':>6} {'top5':>6} {'compile s':>9}"
+    print(f"{head}  GPTQ vs RTN top-1 (+wins/-losses, McNemar p)")
+    print(f"{'fp32':<22} {0.0:>12.4f} {0.0:>12.4f} {np.mean(ref_rank < 1):>6.3f} {np.mean(ref_rank < 5):>6.3f}")
     for bits in args.bits:
-        for method in ("rtn", "gptq"):
+        rtn_right: np.ndarray | None = None
+        variants = [("rtn", 0)] + [("gptq", n) for n in args.samples]
+        for method, samples in variants:
             options: dict[str, Any] = {"method": method, "bits": bits, "group_size": args.group_size}
             if method == "gptq":
-                options.update(act_order=not args.no_act_order, damp=args.damp)
+                options.update(act_order=not args.no_act_order, damp=args.damp, samples=samples)
             start = time.perf_counter()
             cm = compiler.compile(
                 proto,
@@ -74,10 +91,23 @@ def main() -> None:
                 calibration=spec.calibration_data,
             )
             seconds = time.perf_counter() - start
-            n, g, r = measure(to_standard_onnx(cm.ir))
-            cos_n, cos_g = float(np.mean((n * ref_n).sum(1))), float(np.mean((g * ref_g).sum(1)))
-            label = f"int{bits} {method}"
-            print(f"{label:<16} {cos_n:>10.4f} {cos_g:>10.4f} {r['top1']:>6.3f} {r['top5']:>6.3f} {seconds:>9.1f}")
+            n, g, rank = measure(to_standard_onnx(cm.ir))
+            err_n, err_g = 1.0 - float(np.mean((n * ref_n).sum(1))), 1.0 - float(np.mean((g * ref_g).sum(1)))
+            right = rank < 1
+            paired = ""
+            if rtn_right is None:
+                rtn_right = right
+            else:
+                wins, losses = int((right & ~rtn_right).sum()), int((~right & rtn_right).sum())
+                paired = f"  +{wins}/-{losses}, p={mcnemar_p(wins, losses):.2f}"
+            label = f"int{bits} {method}" + (f" {samples or len(spec.calibration_data)} samples" if samples else "")
+            if method == "gptq" and not samples:
+                label += f" {len(spec.calibration_data)} samples"
+            print(
+                f"{label:<22} {err_n:>12.4f} {err_g:>12.4f} {np.mean(right):>6.3f} {np.mean(rank < 5):>6.3f} "
+                f"{seconds:>9.1f}{paired}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
