@@ -56,8 +56,61 @@ def test_benchmark_fmnist_json_and_png(tmp_path: Path, capsys: pytest.CaptureFix
         assert rows[engine]["status"] == "ok", rows[engine]["reason"]
         assert rows[engine]["size_bytes"] < rows["cacc x86"]["size_bytes"] / 2
         assert abs(rows[engine]["metric"]["accuracy"] - rows["torch eager"]["metric"]["accuracy"]) <= 0.25
+    # int4 rows, GPTQ and its round-to-nearest baseline: ~8x smaller weights, still a classifier
+    for engine in ("cacc int4 RTN ONNX->ORT", "cacc int4 ONNX->ORT", "cacc x86 int4"):
+        assert rows[engine]["status"] == "ok", rows[engine]["reason"]
+        assert rows[engine]["size_bytes"] < rows["cacc x86"]["size_bytes"] / 3
+        assert abs(rows[engine]["metric"]["accuracy"] - rows["torch eager"]["metric"]["accuracy"]) <= 0.25
     table = capsys.readouterr().out
-    assert "cacc x86" in table and "ORT fp32" in table
+    assert "cacc x86" in table and "ORT fp32" in table and "cacc int4 RTN ONNX->ORT" in table
+
+
+def _minilm_rows(tmp_path: Path, engines: list[str], limit: int) -> dict[str, dict]:
+    out = tmp_path / "bench"
+    args = ["--models", "minilm", "--engines", *engines, "--repeat", "3", "--warmup", "1", "--rounds", "1"]
+    rc = benchmark.main([*args, "--limit", str(limit), "--threads", "2", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "benchmark.json").read_text())
+    rows = {r["engine"]: r for r in doc["rows"]}
+    assert list(rows) == engines  # the CLI subset, in the order given
+    for engine in engines:
+        assert rows[engine]["status"] == "ok", rows[engine]["reason"]
+        assert rows[engine]["eval_limit"] == limit
+    return rows
+
+
+@pytest.mark.models
+def test_benchmark_minilm_reports_fidelity_to_fp32(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _minilm_rows(tmp_path, ["ORT fp32", "cacc int4 RTN ONNX->ORT"], 8)
+    fp32, rtn = rows["ORT fp32"]["metric"], rows["cacc int4 RTN ONNX->ORT"]["metric"]
+    assert set(fp32) == {"top1", "top5", "cos_fp32", "n"}
+    assert fp32["cos_fp32"] > 0.9999  # ORT's fp32 export against the torch reference
+    assert 0.9 < rtn["cos_fp32"] < fp32["cos_fp32"] - 0.01  # int4 RTN: measurably off, still the same embedding
+    assert rows["cacc int4 RTN ONNX->ORT"]["size_bytes"] < rows["ORT fp32"]["size_bytes"] / 5
+    table = capsys.readouterr().out
+    assert f"cos_fp32={rtn['cos_fp32']:.4f}" in table
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_benchmark_minilm_gptq_closer_to_fp32_than_rtn(tmp_path: Path) -> None:
+    rows = _minilm_rows(tmp_path, ["cacc int4 RTN ONNX->ORT", "cacc int4 ONNX->ORT"], 40)
+    rtn, gptq = rows["cacc int4 RTN ONNX->ORT"]["metric"], rows["cacc int4 ONNX->ORT"]["metric"]
+    # measured on 1,000 pairs: 1 - cos 0.060 (RTN) vs 0.03 (GPTQ); demand a third less error on 40 pairs
+    assert 1 - gptq["cos_fp32"] < (2 / 3) * (1 - rtn["cos_fp32"]), (rtn, gptq)
+
+
+def test_recipes_int4_rtn_baseline_matches_gptq_bits() -> None:
+    rtn_passes, rtn_opts = benchmark.quant_recipe("int4 RTN", "minilm")
+    gptq_passes, gptq_opts = benchmark.quant_recipe("int4", "minilm")
+    assert rtn_passes == gptq_passes == ["quantize_weight_only"]
+    rtn_o, gptq_o = rtn_opts["quantize_weight_only"], gptq_opts["quantize_weight_only"]
+    assert rtn_o["method"] == "rtn" and gptq_o["method"] == "gptq"
+    # the same bits and group size (the pass defaults unless both set them)
+    for key in ("bits", "group_size", "symmetric"):
+        assert rtn_o.get(key) == gptq_o.get(key)
+    assert benchmark.ENGINES.index("cacc int4 RTN ONNX->ORT") == benchmark.ENGINES.index("cacc int4 ONNX->ORT") - 1
+    assert benchmark._fmt_metric({"top1": 0.35, "cos_fp32": 0.97123, "n": 8.0}) == "top1=0.350 cos_fp32=0.9712"
 
 
 def test_time_callable_caps_repetitions_by_budget() -> None:

@@ -113,3 +113,20 @@ def test_hessian_skips_masked_tokens() -> None:
     h = collect_hessians(model, find_layers(model), [{"x": x, "attention_mask": mask}], "attention_mask")["mm"]
     real = x[0, :3].astype(np.float64)
     np.testing.assert_allclose(h, 2 * real.T @ real / 3, rtol=1e-5)
+
+
+def test_gptq_vs_rtn_mcnemar_matches_binomial_test() -> None:
+    import sys
+    from pathlib import Path
+
+    from scipy.stats import binomtest
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from gptq_vs_rtn import mcnemar_p
+
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(5, 0) == pytest.approx(2 / 32)
+    for wins, losses in ((27, 25), (22, 32), (40, 64), (3, 11)):
+        expected = binomtest(wins, wins + losses, 0.5).pvalue
+        assert mcnemar_p(wins, losses) == pytest.approx(expected, rel=1e-9)
+        assert mcnemar_p(losses, wins) == mcnemar_p(wins, losses)

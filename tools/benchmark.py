@@ -1,5 +1,6 @@
 """Side-by-side benchmark of the shipped models: torch, ONNX Runtime (fp32, int8), plain TVM, cacc
-(fp32 untuned and tuned; int8 and int4, as exported ONNX run by ORT and compiled for x86).
+(fp32 untuned and tuned; int8 and GPTQ int4, as exported ONNX run by ORT and compiled for x86; a round-to-nearest
+int4 row beside GPTQ's, the baseline it must beat).
 
     python tools/benchmark.py [--models fmnist_cnn ...] [--threads 2] [--repeat 20] [--limit 200] [--out DIR]
 
@@ -8,7 +9,8 @@ intra-op threads, TVM's pool). For each model and engine it reports the median l
 batch-1 inference (after warm-up; slow engines get fewer repetitions, within ``--time-budget``
 seconds; engines are timed round-robin in ``--rounds`` rounds after all are built, so that a slow
 phase of the machine does not land on one row), the ratio to ORT fp32, the model size, and the model's accuracy metric
-(``spec.evaluate(predict, limit)``). A row that fails is kept with its reason, never aborting the
+(``spec.evaluate(predict, limit)``; fidelity to the fp32 model where the model reports it: EfficientNet's
+``top1_agreement``, MiniLM's ``cos_fp32``). A row that fails is kept with its reason, never aborting the
 run. Writes ``benchmark.json`` and ``benchmark.png`` under ``--out`` and prints a table.
 """
 
@@ -49,9 +51,12 @@ ENGINES = (
     "cacc x86 tuned",
     "cacc int8 ONNX->ORT",
     "cacc x86 int8",
+    "cacc int4 RTN ONNX->ORT",
     "cacc int4 ONNX->ORT",
     "cacc x86 int4",
 )
+#: Calibration samples GPTQ's Hessians are collected from (the int4 rows; int8 static uses ``--calib``).
+GPTQ_SAMPLES = 320
 #: Quantization recipes of the cacc rows: (passes, pass options), per model where a model needs its own.
 QUANT_RECIPES: dict[str, dict[str, tuple[list[str], dict[str, dict[str, Any]]]]] = {
     "int8": {
@@ -62,17 +67,21 @@ QUANT_RECIPES: dict[str, dict[str, tuple[list[str], dict[str, dict[str, Any]]]]]
             {"quantize_int8": {"weight_rounding": "gptq", "bias_correction": True}},
         ),
     },
+    # GPTQ (act-order, group 128) from the first ``samples`` calibration samples of the model's whole set
+    # (MiniLM: 320 glosses and nouns, about 3,300 tokens, so the K = 1,536 FFN Hessians have full rank)
     "int4": {
         "default": (
             ["quantize_weight_only"],
-            {"quantize_weight_only": {"method": "gptq", "act_order": True, "samples": 16}},
+            {"quantize_weight_only": {"method": "gptq", "act_order": True, "samples": GPTQ_SAMPLES}},
         )
     },
+    # round-to-nearest at the same bits and group size: the baseline GPTQ must beat
+    "int4 RTN": {"default": (["quantize_weight_only"], {"quantize_weight_only": {"method": "rtn"}})},
 }
 
 
 def quant_recipe(kind: str, model: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """The passes and options of the ``kind`` ("int8" / "int4") rows for ``model``."""
+    """The passes and options of the ``kind`` ("int8" / "int4" / "int4 RTN") rows for ``model``."""
     recipes = QUANT_RECIPES[kind]
     return recipes.get(model, recipes["default"])
 
@@ -340,11 +349,14 @@ def _builders(spec: Any, onnx_path: Path, work: Path, s: Settings) -> dict[str, 
 
     def quantized(kind: str) -> dict[str, Any]:
         passes, options = quant_recipe(kind, spec.name)
-        return {"passes": passes, "pass_options": options, "calibration": calib}
+        # int8 static calibrates on the first --calib samples; the int4 recipes pick theirs (GPTQ's ``samples``)
+        samples = calib if kind == "int8" else list(spec.calibration_data)
+        return {"passes": passes, "pass_options": options, "calibration": samples}
 
     def cacc_onnx(kind: str) -> Engine:
         cm = compiled("onnx", quantized(kind))
-        return _ort_engine(cm.export_onnx(work / f"{spec.name}.cacc-{kind}.onnx"), names, example, s.threads)
+        path = work / f"{spec.name}.cacc-{kind.replace(' ', '-')}.onnx"
+        return _ort_engine(cm.export_onnx(path), names, example, s.threads)
 
     calib = list(spec.calibration_data)[: s.calib]
     return {
@@ -359,6 +371,7 @@ def _builders(spec: Any, onnx_path: Path, work: Path, s: Settings) -> dict[str, 
         "cacc x86 tuned": lambda: cacc(_tuned_kwargs(spec.name, s.tuning_db)),
         "cacc int8 ONNX->ORT": lambda: cacc_onnx("int8"),
         "cacc x86 int8": lambda: cacc(quantized("int8")),
+        "cacc int4 RTN ONNX->ORT": lambda: cacc_onnx("int4 RTN"),
         "cacc int4 ONNX->ORT": lambda: cacc_onnx("int4"),
         "cacc x86 int4": lambda: cacc(quantized("int4")),
     }
@@ -468,7 +481,8 @@ def _fmt_latency(row: Row) -> str:
 
 
 def _fmt_metric(metric: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.3f}" for k, v in metric.items() if k != "n")
+    # fidelity to fp32 (MiniLM's cos_fp32) is close to 1: four decimals resolve int4 RTN vs GPTQ
+    return " ".join(f"{k}={v:.4f}" if k.startswith("cos") else f"{k}={v:.3f}" for k, v in metric.items() if k != "n")
 
 
 def format_table(rows: Sequence[Row]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--samples", type=int, nargs="+", default=[0], help="GPTQ calibration samples (0 = all)")
     ap.add_argument("--no-act-order", action="store_true")
+    ap.add_argument("--save", default=None, help="directory for each variant's embeddings (.npz)")
     args = ap.parse_args()
 
     spec = models.get("minilm")
@@ -70,6 +72,10 @@ def main() -> None:
         return n, g, rank
 
     ref_n, ref_g, ref_rank = measure(proto)
+    save = Path(args.save) if args.save else None
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        np.savez(save / "fp32.npz", nouns=ref_n, glosses=ref_g)
     print(f"calibration: {len(spec.calibration_data)} samples; eval pairs: {len(ref_rank)}")
     head = f"{'variant':<22} {'1-cos(nouns)':>12} {'1-cos(gloss)':>12} {'top1':>6} {'top5':>6} {'compile s':>9}"
     print(f"{head}  GPTQ vs RTN top-1 (+wins/-losses, McNemar p)")
@@ -92,6 +98,8 @@ def main() -> None:
             )
             seconds = time.perf_counter() - start
             n, g, rank = measure(to_standard_onnx(cm.ir))
+            if save is not None:
+                np.savez(save / f"int{bits}-{method}-{samples}.npz", nouns=n, glosses=g)
             err_n, err_g = 1.0 - float(np.mean((n * ref_n).sum(1))), 1.0 - float(np.mean((g * ref_g).sum(1)))
             right = rank < 1
             paired = ""
