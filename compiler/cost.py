@@ -68,6 +68,9 @@ class TargetCosts:
     #: as ``int8_gops``); on x86 AVX2 without VNNI those run the exact s16 ``vpmaddwd`` kernel on activations
     #: widened to int16, instead of ``vpmaddubsw`` whose int16 pair sums they could saturate
     int8_full_gops: float | None = None
+    #: activations per second of the standalone per-tensor quantize kernel (fp32 in, int8 out); ``None``: a
+    #: stream of 5 bytes per element at ``bandwidth_gbs``
+    quantize_gelems: float | None = None
 
 
 TARGETS: dict[str, TargetCosts] = {
@@ -92,6 +95,8 @@ TARGETS: dict[str, TargetCosts] = {
         int8_spatial_conv=False,  # cacc's x86 integer kernels: GEMMs and 1x1 convs
         # measured: EfficientNet-Lite0's channel-blocked s16 1x1 convs 80-143 GOP/s on 1 thread
         int8_full_gops=220.0,
+        # measured: cacc's flat quantize kernel, 1.2M activations in 190-260 us on 1 thread (vdivps-bound)
+        quantize_gelems=10.0,
     ),
     "onnx": TargetCosts(
         "onnx",
@@ -287,6 +292,13 @@ class CostBreakdown:
     total: float
 
 
+def _quantize_seconds(shape: LayerShape, activation_bits: int | None, t: TargetCosts) -> float:
+    """The activation quantize pass in front of an integer kernel: read fp32, write the integer copy."""
+    if t.quantize_gelems is not None:
+        return shape.activation_elems / (t.quantize_gelems * 1e9)
+    return shape.activation_elems * (4 + (activation_bits or 8) / 8) / (t.bandwidth_gbs * 1e9)
+
+
 def layer_cost_breakdown(
     shape: LayerShape, weight_bits: int | None, activation_bits: int | None, target: str | TargetCosts
 ) -> CostBreakdown:
@@ -300,19 +312,14 @@ def layer_cost_breakdown(
         # no integer kernel: the conv computes in fp32 (weights dequantized at compile time)
         compute = _padded_flops(shape, t.tile_fp32) / (t.fp32_gflops * 1e9)
         in_bytes: float = shape.activation_elems * 4
-        overhead += t.call_overhead_s + shape.activation_elems * (4 + (activation_bits or 8) / 8) / (
-            t.bandwidth_gbs * 1e9
-        )
+        overhead += t.call_overhead_s + _quantize_seconds(shape, activation_bits, t)
     elif integer:
         full_rate = t.int8_full_gops if weight_bits is not None and weight_bits >= 8 else None
         full = full_rate is not None
         rate = t.depthwise_int8_gops if shape.kind == "depthwise" else (full_rate or t.int8_gops)
         compute = _padded_flops(shape, t.tile_int8) / (rate * 1e9)
         in_bytes = shape.activation_elems * (activation_bits or 8) / 8 * (2 if full else 1)  # s16: widened copy
-        # The activation quantize pass: read fp32, write the integer copy, as its own kernel.
-        overhead += t.call_overhead_s + shape.activation_elems * (4 + (activation_bits or 8) / 8) / (
-            t.bandwidth_gbs * 1e9
-        )
+        overhead += t.call_overhead_s + _quantize_seconds(shape, activation_bits, t)  # the activation's own pass
         overhead += shape.output_elems / (t.epilogue_gelems * 1e9)  # int32 -> fp32 requantize
     else:
         rate = t.depthwise_fp32_gflops if shape.kind == "depthwise" else t.fp32_gflops

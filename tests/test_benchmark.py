@@ -152,6 +152,7 @@ def test_recipes_efficientnet_full_8bit_weights_only_on_x86() -> None:
     _, x86 = benchmark.quant_recipe("int8", "efficientnet_lite0", "x86")
     _, onnx = benchmark.quant_recipe("int8", "efficientnet_lite0", "onnx")
     assert x86["quantize_int8"]["reduce_range"] is False and "reduce_range" not in onnx["quantize_int8"]
+    assert set(x86["quantize_int8"]["layers"].values()) == {"fp32"} and "layers" not in onnx["quantize_int8"]
     for opts in (x86, onnx):
         assert opts["quantize_int8"]["weight_rounding"] == "gptq" and opts["quantize_int8"]["bias_correction"]
     assert "reduce_range" not in benchmark.QUANT_RECIPES["int8"]["efficientnet_lite0"][1]["quantize_int8"]

@@ -4,6 +4,7 @@ correction's JSON round trip."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import onnx_ir as ir
@@ -183,3 +184,15 @@ def test_fitted_correction_improves_estimates_and_round_trips_json(kind: str, tm
         )
     with pytest.raises(CompilerError, match="at least 2 measurements"):
         CostCorrection.fit(train[:1], "x86")
+
+
+def test_quantize_pass_costs_its_measured_rate_where_known() -> None:
+    """x86 times the activation quantize pass at its kernel's measured rate, other targets as a 5-byte stream."""
+    shape = LayerShape.conv(1, 480, 80, (14, 14), (1, 1))
+    x86 = TARGETS["x86"]
+    assert x86.quantize_gelems is not None
+    slower = replace(x86, quantize_gelems=x86.quantize_gelems / 10)
+    quantize_time = shape.activation_elems / (x86.quantize_gelems * 1e9)
+    extra = layer_cost(shape, 8, 8, slower) - layer_cost(shape, 8, 8, x86)
+    assert extra == pytest.approx(9 * quantize_time)
+    assert layer_cost(shape, None, None, slower) == layer_cost(shape, None, None, x86)  # fp32 has no such pass
