@@ -349,8 +349,8 @@ def _cost_model() -> onnx.ModelProto:
     ]
     return make_model(
         nodes,
-        [tensor("img", [1, 64, 56, 56]), tensor("x", [128, 256])],
-        [tensor("img_out", [1, 64, 56, 56]), tensor("y", [128, 4])],
+        [tensor("img", [1, 64, 56, 56]), tensor("x", [16, 256])],
+        [tensor("img_out", [1, 64, 56, 56]), tensor("y", [16, 4])],
         [("wd", wd), ("wb", wb), ("wt", wt)],
     )
 
@@ -358,7 +358,7 @@ def _cost_model() -> onnx.ModelProto:
 def _cost_feeds(n: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(8)
     return [
-        {"img": rng.standard_normal((1, 64, 56, 56)).astype(np.float32), "x": rng.standard_normal((128, 256))}
+        {"img": rng.standard_normal((1, 64, 56, 56)).astype(np.float32), "x": rng.standard_normal((16, 256))}
         for _ in range(n)
     ]
 
