@@ -80,10 +80,10 @@ QUANT_RECIPES: dict[str, dict[str, tuple[list[str], dict[str, dict[str, Any]]]]]
 }
 
 
-#: Additions to a recipe's pass options for one (kind, model, target).
 #: EfficientNet-Lite0's 1x1 convs on its 112x112 to 28x28 maps (its first four stages), by ONNX node name.
 _EFFNET_EARLY_POINTWISE = [f"node_Conv_{i}" for i in (799, 801, 804, 806, 809, 811, 814, 816, 819, 821, 824)]
 
+#: Additions to a recipe's pass options for one (kind, model, target).
 TARGET_OPTIONS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
     # Full 8-bit weights where cacc's kernels stay exact with them (x86: the s16 kernel, ~15% slower than 7-bit
     # u8s8), not for ORT, whose u8s8 kernels would saturate: top-1 agreement 0.987-0.991 over repeated runs
