@@ -156,3 +156,22 @@ def test_recipes_efficientnet_full_8bit_weights_only_on_x86() -> None:
     for opts in (x86, onnx):
         assert opts["quantize_int8"]["weight_rounding"] == "gptq" and opts["quantize_int8"]["bias_correction"]
     assert "reduce_range" not in benchmark.QUANT_RECIPES["int8"]["efficientnet_lite0"][1]["quantize_int8"]
+
+
+@pytest.mark.models
+def test_recipes_efficientnet_early_pointwise_names_are_its_1x1_convs(real_onnx) -> None:
+    """The x86 recipe's per-layer overrides name real nodes: EfficientNet-Lite0's 1x1, group-1 Convs."""
+    import onnx
+
+    path, _ = real_onnx("efficientnet_lite0")
+    graph = onnx.load(str(path)).graph
+    nodes = {n.name: n for n in graph.node}
+    weights = {i.name: i for i in graph.initializer}
+    _, options = benchmark.quant_recipe("int8", "efficientnet_lite0", "x86")
+    names = list(options["quantize_int8"]["layers"])
+    assert len(names) == 11
+    for name in names:
+        node = nodes[name]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert node.op_type == "Conv" and attrs.get("group", 1) == 1, name
+        assert list(weights[node.input[1]].dims[2:]) == [1, 1], name
