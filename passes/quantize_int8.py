@@ -140,6 +140,9 @@ class Int8Options:
             bad = sorted(set(override) - set(_OVERRIDE_KEYS))
             if bad:
                 raise ValueError(f"layers['{pattern}'] has unknown keys {bad}; known: {list(_OVERRIDE_KEYS)}")
+            for key in ("activation_symmetric", "reduce_range"):
+                if key in override and not isinstance(override[key], bool):
+                    raise ValueError(f"layers['{pattern}']['{key}'] must be true or false, got {override[key]!r}")
             _check_method(override.get("method", self.method), override.get("percentile", self.percentile))
 
 

@@ -208,6 +208,7 @@ def test_per_layer_reduce_range_override(rounding: str) -> None:
         ({"method": "kl"}, "unknown method 'kl'"),
         ({"colour": 1}, "unknown option"),
         ({"layers": {"fc": {"bits": 4}}}, "unknown keys"),
+        ({"layers": {"fc": {"reduce_range": "no"}}}, r"\['reduce_range'\] must be true or false, got 'no'"),
         ({"op_types": ["Relu"]}, "not quantizable"),
     ],
 )
