@@ -10,6 +10,7 @@ The input is zero-padded by a copy only when the kernel reads outside it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,8 @@ from backends.tvm.schedules.tiling import TileConfig, ceil_to, pick_tile
 
 
 @dataclass(frozen=True)
-class ConvPlan:
-    """Shapes, strides, padding and register tile of one 2-D conv."""
+class ConvGeometry:
+    """Shapes, strides, dilation and padding of one 2-D conv: what the NCHW and the channel-blocked plans share."""
 
     n: int
     c: int
@@ -39,6 +40,43 @@ class ConvPlan:
     oh: int
     ow: int
     depthwise: bool
+
+    def input_extent(self, oh_p: int, ow_p: int) -> tuple[int, int]:
+        """Rows and columns of (padded) input that the taps of an ``oh_p x ow_p`` (tile-padded) output read."""
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        return (oh_p - 1) * sh + (self.kh - 1) * dh + 1, (ow_p - 1) * sw + (self.kw - 1) * dw + 1
+
+    def reads_outside(self, oh_p: int, ow_p: int) -> bool:
+        """Whether an ``oh_p x ow_p`` output's taps read outside the input (then from a zero-padded copy)."""
+        h_need, w_need = self.input_extent(oh_p, ow_p)
+        return any(self.pad) or h_need > self.h or w_need > self.w
+
+    @property
+    def geometry_fields(self) -> dict[str, Any]:
+        """The geometry as keyword arguments (to build a plan that extends it)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ConvGeometry)}
+
+
+def conv_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    depthwise: bool,
+) -> ConvGeometry:
+    """The geometry of a conv on NCHW ``x_shape`` with weight ``[Co, C/g, KH, KW]`` (``pads`` in ONNX order)."""
+    n, c, h, w = (int(v) for v in x_shape)
+    co, kh, kw = int(w_shape[0]), int(w_shape[2]), int(w_shape[3])
+    oh, ow = conv_output_size(h, w, kh, kw, strides, dilations, pads)
+    stride, dilation = (int(strides[0]), int(strides[1])), (int(dilations[0]), int(dilations[1]))
+    return ConvGeometry(n, c, h, w, co, kh, kw, stride, dilation, (int(pads[0]), int(pads[1])), oh, ow, depthwise)
+
+
+@dataclass(frozen=True)
+class ConvPlan(ConvGeometry):
+    """Shapes, strides, padding and register tile of one 2-D conv."""
+
     mr: int
     nb: int
     local_pad: bool = False  #: padding copy computed per parallel tile instead of in one pass
@@ -88,15 +126,9 @@ def plan_conv(
 
     ``tile`` overrides the default ``(mr, nb)`` (:func:`conv_tile_shape`).
     """
-    n, c, h, w = (int(v) for v in x_shape)
-    co, _, kh, kw = (int(v) for v in w_shape)
-    sh, sw = int(strides[0]), int(strides[1])
-    dh, dw = int(dilations[0]), int(dilations[1])
-    oh, ow = conv_output_size(h, w, kh, kw, strides, dilations, pads)
-    mr, nb = tile if tile is not None else conv_tile_shape(oh, ow, co, depthwise, cfg)
-    return ConvPlan(
-        n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, depthwise, mr, nb, local_pad
-    )
+    g = conv_geometry(x_shape, w_shape, strides, dilations, pads, depthwise)
+    mr, nb = tile if tile is not None else conv_tile_shape(g.oh, g.ow, g.co, depthwise, cfg)
+    return ConvPlan(**g.geometry_fields, mr=mr, nb=nb, local_pad=local_pad)
 
 
 def pack_conv_weight(w: np.ndarray, plan: ConvPlan) -> np.ndarray:
@@ -119,12 +151,11 @@ def _input_reader(x: te.Tensor, p: ConvPlan, oh_p: int, ow_p: int) -> Reader:
     the copy also splits columns by phase (``[.., H, stride, W/stride]``) so that the taps of
     consecutive output columns stay contiguous (vector loads instead of gathers).
     """
-    (sh, sw), (dh, dw), (pt, pl) = p.stride, p.dilation, p.pad
-    h_need = (oh_p - 1) * sh + (p.kh - 1) * dh + 1
-    w_need = (ow_p - 1) * sw + (p.kw - 1) * dw + 1
+    (_sh, sw), (_dh, dw), (pt, pl) = p.stride, p.dilation, p.pad
+    h_need, w_need = p.input_extent(oh_p, ow_p)
     zero = tirx.const(0, x.dtype)
     if sw == 1:
-        if pt == 0 and pl == 0 and h_need <= p.h and w_need <= p.w:
+        if not p.reads_outside(oh_p, ow_p):
             return lambda n, c, y, xo, kx: x[n, c, y, xo + kx * dw]
 
         def pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, xx: tirx.Var) -> tirx.PrimExpr:

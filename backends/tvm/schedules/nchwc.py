@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tvm import te, tirx
 
-from backends.tvm.schedules.conv import conv_output_size, is_depthwise
+from backends.tvm.schedules.conv import ConvGeometry, conv_geometry, is_depthwise
 from backends.tvm.schedules.epilogue import activation_expr
 from backends.tvm.schedules.tiled import KERNEL_ATTR, tile_attr
 from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
@@ -38,23 +38,10 @@ DENSE_TILES = ((4, 3), (6, 2), (14, 1), (7, 2), (12, 1))
 
 
 @dataclass(frozen=True)
-class BlockedConvPlan:
+class BlockedConvPlan(ConvGeometry):
     """Shapes, strides, padding, layout and register tile of one channel-blocked conv."""
 
-    n: int
-    c: int
-    h: int
-    w: int
-    co: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pad: tuple[int, int]  # top, left (bottom / right padding follows from the output size)
-    oh: int
-    ow: int
     block: int
-    depthwise: bool
     in_blocked: bool  #: X is ``[N, C/b, H, W, b]`` (else plain NCHW)
     mr: int  #: output pixels per register tile
     vecs: int = 1  #: output-channel vectors per register tile (dense only)
@@ -62,18 +49,14 @@ class BlockedConvPlan:
     local_pad: bool = False
 
     @property
-    def input_extent(self) -> tuple[int, int]:
-        """Rows and columns of input the taps of the (column-padded) output tiles read, padding included."""
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        h_need = (self.oh - 1) * sh + (self.kh - 1) * dh + 1
-        w_need = (ceil_to(self.ow, self.mr) - 1) * sw + (self.kw - 1) * dw + 1
-        return h_need, w_need
+    def padded_output(self) -> tuple[int, int]:
+        """The output rows and columns the register tiles cover (columns padded to whole tiles)."""
+        return self.oh, ceil_to(self.ow, self.mr)
 
     @property
     def pads_input(self) -> bool:
         """Whether the kernel reads outside the input (then it reads a zero-padded copy)."""
-        h_need, w_need = self.input_extent
-        return any(self.pad) or h_need > self.h or w_need > self.w
+        return self.reads_outside(*self.padded_output)
 
 
 def blocked_conv_applies(c: int, co: int, groups: int, w_in: int, block: int, in_blocked: bool) -> bool:
@@ -102,23 +85,23 @@ def plan_blocked_conv(
     ``tile`` (``mr``, ``vecs``, ``channels_outer``, ``local_pad``) overrides the measured defaults
     (:data:`DEPTHWISE_WIDTHS` / :data:`DENSE_TILES`); ``local_pad`` is dropped when nothing is padded.
     """
-    n, c, h, w = (int(v) for v in x_shape)
-    co, kh, kw = int(w_shape[0]), int(w_shape[2]), int(w_shape[3])
-    sh, sw = int(strides[0]), int(strides[1])
-    dh, dw = int(dilations[0]), int(dilations[1])
-    oh, ow = conv_output_size(h, w, kh, kw, strides, dilations, pads)
+    g = conv_geometry(x_shape, w_shape, strides, dilations, pads, depthwise)
     if tile is None:
         if depthwise:
             tile = {"mr": DEPTHWISE_WIDTHS[0], "local_pad": 1}
         else:
-            mr, vecs = default_dense_tile(co, cfg)
+            mr, vecs = default_dense_tile(g.co, cfg)
             # measured: parallel over channel tiles for expanding convs and small maps (few pixel tiles)
-            tile = {"mr": mr, "vecs": vecs, "channels_outer": int(co > c or oh * ow <= 64)}
+            tile = {"mr": mr, "vecs": vecs, "channels_outer": int(g.co > g.c or g.oh * g.ow <= 64)}
     plan = BlockedConvPlan(
-        n, c, h, w, co, kh, kw, (sh, sw), (dh, dw), (int(pads[0]), int(pads[1])), oh, ow, cfg.lanes, depthwise,
-        in_blocked, tile["mr"], 1 if depthwise else tile["vecs"], bool(tile.get("channels_outer", 0)),
-        bool(tile.get("local_pad", 0)),
-    )  # fmt: skip
+        **g.geometry_fields,
+        block=cfg.lanes,
+        in_blocked=in_blocked,
+        mr=tile["mr"],
+        vecs=1 if depthwise else tile["vecs"],
+        channels_outer=bool(tile.get("channels_outer", 0)),
+        local_pad=bool(tile.get("local_pad", 0)),
+    )
     return plan if plan.pads_input or not plan.local_pad else replace(plan, local_pad=False)
 
 
@@ -168,7 +151,7 @@ def _padded_input(x: te.Tensor, p: BlockedConvPlan) -> te.Tensor:
     if not p.pads_input:
         return x
     pt, pl = p.pad
-    h_need, w_need = p.input_extent
+    h_need, w_need = p.input_extent(*p.padded_output)
     zero = tirx.const(0, x.dtype)
 
     def pad(n: tirx.Var, c: tirx.Var, y: tirx.Var, xx: tirx.Var, *lane: tirx.Var) -> tirx.PrimExpr:
