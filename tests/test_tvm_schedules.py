@@ -135,7 +135,12 @@ def test_kernels_are_scheduled() -> None:
         script = func.script()
         for loop in ("T.parallel(", "T.vectorized(", "T.unroll("):
             assert loop in script, (name, loop)
-        assert 'scope="local"' in script, name  # the accumulator tile is not in global memory
+    # the accumulator tile is a stack array, not a workspace allocation per parallel tile (the dense kernel
+    # has no padding buffer, so its code allocates nothing)
+    dense = tvm.IRModule({"main": kernels["cacc_dense"].with_attr("global_symbol", "main")})
+    llvm_ir = tvm.tirx.build(dense, target=target).inspect_source("ll")
+    assert "fmul" in llvm_ir or "fmuladd" in llvm_ir
+    assert "TVMBackendAllocWorkspace" not in llvm_ir.replace("@__TVMBackendAllocWorkspace = ", "")
 
 
 def test_tile_choice_fits_registers() -> None:

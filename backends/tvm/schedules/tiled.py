@@ -67,18 +67,20 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     for blk in reversed(local):
         # the padded input region of one parallel tile, built (in cache) right before it is read
         sch.compute_at(blk, par, preserve_unit_loops=True)
-        if sch.get(blk).name_hint.endswith("_unpack"):  # a weight panel unpacked per tile: vectorised
-            inner = sch.get_loops(blk)[-1]
-            extent = sch.get(inner).extent
-            if isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0:
-                sch.vectorize(sch.split(inner, factors=[None, lanes])[1])
+        # vectorised along its innermost axis (a padded tile's channel lanes, an unpacked panel's columns)
+        inner = sch.get_loops(blk)[-1]
+        extent = sch.get(inner).extent
+        if isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0:
+            sch.vectorize(sch.split(inner, factors=[None, lanes])[1])
     sch.reverse_compute_at(out, outer[-1], preserve_unit_loops=True)
     o_loops = sch.get_loops(out)
     inner = o_loops[-1]
     if nb % lanes == 0:
         _io, ii = sch.split(inner, factors=[None, lanes])
         sch.vectorize(ii)
-    sch.set_scope(acc, 0, "local")
+    # the accumulator tile stays a "global" buffer: allocated inside the parallel loop, a small global
+    # buffer becomes a stack array (which LLVM keeps in registers), while a "local" one is a
+    # TVMBackendAllocWorkspace / FreeWorkspace call pair per parallel iteration
     if nb > lanes and nb % lanes == 0:
         c_v, c_l = sch.split(c_in, factors=[None, lanes])
         sch.unroll(c_v)
