@@ -10,8 +10,9 @@ from onnx import TensorProto, helper
 from backends.tvm.lowering.qmatmul import integer_kernels
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.runtime import build
-from backends.tvm.schedules.qgemm import QKERNEL_ATTR, u8s8_pairing
+from backends.tvm.schedules.qgemm import QKERNEL_ATTR, plan_qgemm, row_block_tiles, u8s8_pairing
 from backends.tvm.schedules.quantize import QUANTIZE_KIND
+from backends.tvm.target import host_target
 from compiler.errors import BackendError
 from compiler.ir import infer_shapes, run
 from tests.helpers import arm_unavailable, make_model, tensor, to_ir
@@ -186,6 +187,25 @@ def test_quantized_layers_run_as_integer_gemms(amax: int, act_dtype: int, kind: 
     kinds = _qkernels(model)
     assert len(kinds) == 3 and kind in kinds and set(kinds) <= {"u8s8", "s16"}
     x = np.random.default_rng(5).standard_normal((7, 37)).astype(np.float32) * 2
+    _check(model, {"x": x}, rtol=2e-5)
+
+
+@pytest.mark.parametrize(("tiles", "panels", "cores"), [(33, 5, 2), (33, 7, 2), (10, 12, 2), (131, 5, 2), (9, 3, 1)])
+def test_row_blocks_are_whole_and_spread_the_parallel_loop_evenly(tiles: int, panels: int, cores: int) -> None:
+    per = row_block_tiles(tiles, panels, 64, host_target(cores))
+    work = tiles // per * panels
+    assert tiles % per == 0 and per <= 64  # whole blocks, within the L2 budget
+    assert -(-work // cores) * cores <= 1.05 * work  # no core idles for more than 5% of the loop
+    if cores == 1:
+        assert per == max(d for d in range(1, 65) if tiles % d == 0)  # one core: the largest blocks
+
+
+def test_integer_gemm_split_into_row_blocks_matches_the_reference() -> None:
+    # [64, 37] @ [37, 40] on 2 threads: 5 column panels, so the rows are split into blocks
+    model = _quant_mlp(127, U8, m=64, h=40)
+    plan = plan_qgemm(64, 37, 40, "s16")
+    assert row_block_tiles(plan.mp // plan.mr, plan.np_ // plan.nb, 10**6, host_target(2)) < plan.mp // plan.mr
+    x = np.random.default_rng(6).standard_normal((64, 37)).astype(np.float32) * 2
     _check(model, {"x": x}, rtol=2e-5)
 
 
