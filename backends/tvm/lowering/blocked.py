@@ -145,8 +145,9 @@ def emit_blocked_conv2d(
         return None
     default: Tile
     if depthwise:
-        default = {"mr": base.mr, "local_pad": int(base.local_pad)}
-        candidates = [{"mr": mr, "local_pad": lp} for mr in DEPTHWISE_WIDTHS for lp in (0, 1)]
+        default = {"mr": base.mr, "local_pad": int(base.local_pad), "plane_pad": int(base.plane_pad)}
+        pad_modes = ((0, 0), (1, 0), (1, 1))  # one padding pass; per output row; per channel block
+        candidates = [{"mr": mr, "local_pad": lp, "plane_pad": pp} for mr in DEPTHWISE_WIDTHS for lp, pp in pad_modes]
     else:
         default = {"mr": base.mr, "vecs": base.vecs, "channels_outer": int(base.channels_outer), "local_pad": 0}
         candidates = [

@@ -20,9 +20,10 @@ outer spatial axes in loop order (dotted, e.g. ``0.3.1``). The column may be adj
 by ``+`` (``4+5``: vectors x lanes of a channel-blocked output), fused into one column loop."""
 
 
-def tile_attr(row: int, col: int | str, order: str, *, local_pad: bool = False) -> str:
-    """Encode the tiling for :data:`KERNEL_ATTR` (``local_pad``: padding blocks computed per parallel tile)."""
-    return f"{row},{col},{order}" + (",local_pad" if local_pad else "")
+def tile_attr(row: int, col: int | str, order: str, *, local_pad: bool = False, parallel: int = 0) -> str:
+    """Encode the tiling for :data:`KERNEL_ATTR` (``local_pad``: padding blocks computed per parallel tile;
+    ``parallel``: how many leading outer loops run in parallel, default all but the last)."""
+    return f"{row},{col},{order}" + (",local_pad" if local_pad else "") + (f",par{parallel}" if parallel else "")
 
 
 def _vectorize_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
@@ -39,6 +40,7 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     spec = str(func.attrs[KERNEL_ATTR])
     row_s, col_s, order_s, *flags = spec.split(",")
     local_pad = "local_pad" in flags
+    n_par = next((int(f[3:]) for f in flags if f.startswith("par")), 0)
     row = int(row_s)
     cols = [int(t) for t in col_s.split("+")]
     order = [int(t) for t in order_s.split(".")]
@@ -61,8 +63,9 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
     sch.reorder(*outer, *reduction, r_in, *(spatial[c] for c in cols))
     c_in = sch.fuse(*(spatial[c] for c in cols)) if len(cols) > 1 else spatial[cols[0]]
     nb = int(sch.get(c_in).extent)
-    # parallel over all but the last outer loop (the tile loop the epilogue attaches to)
-    par = sch.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
+    # parallel over all but the last outer loop (the tile loop the epilogue attaches to), or the first n_par
+    n_par = n_par or len(outer) - 1
+    par = sch.fuse(*outer[:n_par]) if n_par > 1 else outer[0]
     sch.parallel(par)
     for blk in reversed(local):
         # the padded input region of one parallel tile, built (in cache) right before it is read
