@@ -15,7 +15,9 @@ from onnx import helper
 
 from backends.tvm.lowering.blocked import plan_blocked_values
 from backends.tvm.relax_emitter import emit_relax
-from backends.tvm.schedules.nchwc import blocked_conv_applies
+from backends.tvm.schedules.nchwc import PLANE_PAD_BYTES, blocked_conv_applies, blocked_conv_func, plan_blocked_conv
+from backends.tvm.schedules.tiled import KERNEL_ATTR
+from backends.tvm.schedules.tiling import TileConfig
 from compiler.ir.shapes import infer_shapes
 from tests.test_tvm_helpers import check_against_ort, make_model, rand, to_ir
 
@@ -91,6 +93,20 @@ def test_blocked_conv_reading_a_blocked_input(c: int, co: int, hw: tuple, kernel
     assert plan_blocked_values(model.graph) == {"t"}
     assert "_nchwc" in emit_relax(model)["main"].script()
     check_against_ort(nodes, feeds, ["y"], inits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("h", "stride"), [(56, 1), (112, 2), (7, 1)])
+def test_depthwise_pads_per_channel_block_when_the_plane_fits(h: int, stride: int) -> None:
+    """Per-plane padding (parallel over channel blocks) when one padded channel block fits the budget, else
+    per output row; the kernel's parallel loop follows."""
+    cfg = TileConfig(8, 16)
+    p = plan_blocked_conv(
+        [1, 32, h, h], [32, 1, 3, 3], [stride] * 2, [1, 1], [1] * 4, cfg, depthwise=True, in_blocked=True
+    )
+    rows, cols = p.input_extent(*p.padded_output)
+    assert p.local_pad and p.plane_pad == (rows * cols * 8 * 4 <= PLANE_PAD_BYTES)
+    spec = str(blocked_conv_func(p, "float32", bias=False).attrs[KERNEL_ATTR])
+    assert spec.endswith(",par2") == p.plane_pad
 
 
 def test_channels_not_in_whole_vectors_stay_nchw() -> None:

@@ -36,7 +36,7 @@ DEPTHWISE_WIDTHS = (7, 8, 4, 6)
 #: Largest zero-padded input plane (one channel block) a depthwise conv builds once per parallel iteration
 #: (``plane_pad``); larger ones pad per output row. Measured on AVX2 over EfficientNet-Lite0's 12 depthwise
 #: convs (1 thread): per-plane padding 1.05 ms against 1.36 per row, per row ahead only on the 416 KB
-#: plane of the 112 x 112 stride-2 conv.
+#: plane of the 112 x 112 stride-2 conv (409 KB).
 PLANE_PAD_BYTES = 256 * 1024
 #: Dense tiles (pixels, vectors) worth trying, best first. Measured on AVX2 over EfficientNet-Lite0's 32
 #: convs: 4x3 won where the channel vectors divide by 3, else 6x2, else 14x1.

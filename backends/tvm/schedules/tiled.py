@@ -4,10 +4,11 @@ A tagged kernel has (optional) injective padding blocks, one reduction block ``a
 loops are its spatial axes then its reduction axes, and an injective epilogue block ``out``
 reading ``acc``. The schedule splits a *row* axis by ``mr`` and a *column* axis by ``nb``,
 orders ``outer spatial loops -> reductions -> (row tile, column tile)``, keeps the
-``mr x nb`` accumulator tile local (registers), unrolls its rows, vectorises its columns,
-runs the outer loops in parallel and computes the epilogue per tile. With the ``local_pad`` flag
-the padding blocks are computed per parallel tile too (no separate pass over the whole input); a
-block named ``*_unpack`` (a low-bit weight panel decoded to fp32) is also vectorised there.
+``mr x nb`` accumulator tile a per-tile stack array (registers), unrolls its rows, vectorises its
+columns, runs the outer loops in parallel (all but the tile loop, or the first ``parN``) and computes
+the epilogue per tile. With the ``local_pad`` flag the padding blocks are computed per parallel
+iteration too (no separate pass over the whole input); those and a block named ``*_unpack`` (a
+low-bit weight panel decoded to fp32) are vectorised along their innermost axis.
 """
 
 from __future__ import annotations
