@@ -35,8 +35,8 @@ from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
 DEPTHWISE_WIDTHS = (7, 8, 4, 6)
 #: Largest zero-padded input plane (one channel block) a depthwise conv builds once per parallel iteration
 #: (``plane_pad``); larger ones pad per output row. Measured on AVX2 over EfficientNet-Lite0's 12 depthwise
-#: convs (1 thread): per-plane padding 1.05 ms against 1.36 per row, per row ahead only on the 416 KB
-#: plane of the 112 x 112 stride-2 conv (409 KB).
+#: convs (1 thread): per-plane padding 1.05 ms against 1.36 per row, per row ahead only on the 409 KB
+#: plane of the 112 x 112 stride-2 conv.
 PLANE_PAD_BYTES = 256 * 1024
 #: Dense tiles (pixels, vectors) worth trying, best first. Measured on AVX2 over EfficientNet-Lite0's 32
 #: convs: 4x3 won where the channel vectors divide by 3, else 6x2, else 14x1.
@@ -64,6 +64,12 @@ class BlockedConvPlan(ConvGeometry):
     def pads_input(self) -> bool:
         """Whether the kernel reads outside the input (then it reads a zero-padded copy)."""
         return self.reads_outside(*self.padded_output)
+
+    @property
+    def padded_plane_bytes(self) -> int:
+        """Bytes of one channel block of the zero-padded fp32 input (what ``plane_pad`` builds per iteration)."""
+        rows, cols = self.input_extent(*self.padded_output)
+        return rows * cols * self.block * 4
 
 
 def blocked_conv_applies(c: int, co: int, groups: int, w_in: int, block: int, in_blocked: bool) -> bool:
@@ -94,11 +100,10 @@ def plan_blocked_conv(
     ``plane_pad`` are dropped when nothing is padded.
     """
     g = conv_geometry(x_shape, w_shape, strides, dilations, pads, depthwise)
+    default = tile is None  # the planner's tile: per-plane padding where the plane fits
     if tile is None:
         if depthwise:
-            h_need, w_need = g.input_extent(g.oh, ceil_to(g.ow, DEPTHWISE_WIDTHS[0]))
-            plane = h_need * w_need * cfg.lanes * 4
-            tile = {"mr": DEPTHWISE_WIDTHS[0], "local_pad": 1, "plane_pad": int(plane <= PLANE_PAD_BYTES)}
+            tile = {"mr": DEPTHWISE_WIDTHS[0], "local_pad": 1, "plane_pad": 1}
         else:
             mr, vecs = default_dense_tile(g.co, cfg)
             # measured: parallel over channel tiles for expanding convs and small maps (few pixel tiles)
@@ -113,7 +118,11 @@ def plan_blocked_conv(
         local_pad=bool(tile.get("local_pad", 0)),
         plane_pad=depthwise and bool(tile.get("local_pad", 0)) and bool(tile.get("plane_pad", 0)),
     )
-    return plan if plan.pads_input or not plan.local_pad else replace(plan, local_pad=False, plane_pad=False)
+    if not plan.pads_input:
+        return replace(plan, local_pad=False, plane_pad=False)
+    if default and plan.padded_plane_bytes > PLANE_PAD_BYTES:
+        return replace(plan, plane_pad=False)
+    return plan
 
 
 def dense_tiles(co: int, cfg: TileConfig) -> list[tuple[int, int]]:
