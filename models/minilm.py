@@ -167,6 +167,11 @@ def _unit_rows(rows: list[np.ndarray]) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
+def embed(predict: Predict, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Unit-norm embeddings ``[len(ids), 384]`` of tokenised texts, one batch-1 call per text."""
+    return _unit_rows([output_array(predict(ids[i : i + 1], mask[i : i + 1])).reshape(-1) for i in range(len(ids))])
+
+
 @functools.lru_cache(maxsize=1)
 def _reference_predict() -> Predict:
     return torch_predict(build_module())
@@ -196,11 +201,8 @@ def evaluate(predict: Predict, limit: int | None = None) -> dict[str, float]:
     noun_ids, noun_mask, gloss_ids, gloss_mask = _eval_tokens()
     n = check_limit(limit, len(noun_ids))
 
-    def embed(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return _unit_rows([output_array(predict(ids[i : i + 1], mask[i : i + 1])).reshape(-1) for i in range(n)])
-
-    nouns = embed(noun_ids, noun_mask)
-    glosses = embed(gloss_ids, gloss_mask)
+    nouns = embed(predict, noun_ids[:n], noun_mask[:n])
+    glosses = embed(predict, gloss_ids[:n], gloss_mask[:n])
     sims = nouns @ glosses.T
     own = np.diagonal(sims)[:, None]
     # Others at least as similar as the own gloss, up to float rounding: ties count against the model, so a

@@ -34,11 +34,6 @@ def _predict(proto: onnx.ModelProto) -> Any:
     return lambda ids, mask: session.run(None, {names[0]: ids, names[1]: mask})[0]
 
 
-def _embed(predict: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    e = np.stack([np.asarray(predict(ids[i : i + 1], mask[i : i + 1])).reshape(-1) for i in range(len(ids))])
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-
 def mcnemar_p(wins: int, losses: int) -> float:
     """Exact two-sided McNemar p-value for ``wins`` vs ``losses`` discordant pairs (binomial, p = 1/2)."""
     n = wins + losses
@@ -66,7 +61,7 @@ def main() -> None:
 
     def measure(p: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         predict = _predict(p)
-        n, g = _embed(predict, noun_ids, noun_mask), _embed(predict, gloss_ids, gloss_mask)
+        n, g = minilm.embed(predict, noun_ids, noun_mask), minilm.embed(predict, gloss_ids, gloss_mask)
         sims = n @ g.T  # ranks as models.minilm.evaluate counts them (ties count against the model)
         rank = (sims >= np.diagonal(sims)[:, None] - 1e-6).sum(axis=1) - 1
         return n, g, rank
@@ -108,9 +103,9 @@ def main() -> None:
             else:
                 wins, losses = int((right & ~rtn_right).sum()), int((~right & rtn_right).sum())
                 paired = f"  +{wins}/-{losses}, p={mcnemar_p(wins, losses):.2f}"
-            label = f"int{bits} {method}" + (f" {samples or len(spec.calibration_data)} samples" if samples else "")
-            if method == "gptq" and not samples:
-                label += f" {len(spec.calibration_data)} samples"
+            label = f"int{bits} {method}"
+            if method == "gptq":
+                label += f" {samples or len(spec.calibration_data)} samples"
             print(
                 f"{label:<22} {err_n:>12.4f} {err_g:>12.4f} {np.mean(right):>6.3f} {np.mean(rank < 5):>6.3f} "
                 f"{seconds:>9.1f}{paired}",
