@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,18 +37,40 @@ _configured_threads: int | None = None
 
 
 def set_num_threads(num_threads: int | None) -> None:
-    """Size TVM's runtime thread pool (``None`` keeps TVM's default: TVM_NUM_THREADS or all cores)."""
+    """Size TVM's runtime thread pool (``None`` keeps TVM's default: TVM_NUM_THREADS or half the cores).
+
+    TVM creates its pool once, with ``TVM_NUM_THREADS`` workers, and a later ``config_threadpool`` can only
+    use fewer: a process whose first model ran on 1 thread ran every later model on 1 thread too. So the
+    pool is created with room for every core (or the request, if larger) and then set to ``num_threads``.
+    """
     global _configured_threads
     if num_threads is None or num_threads == _configured_threads:
         return
     if num_threads < 1:
         raise BackendError(f"num_threads must be >= 1, got {num_threads}")
-    os.environ["TVM_NUM_THREADS"] = str(num_threads)
+    if _configured_threads is None:
+        room = max(num_threads, os.cpu_count() or 1, _env_threads())
+        os.environ["TVM_NUM_THREADS"] = str(room)
     try:
         tvm.get_global_func("runtime.config_threadpool")(1, int(num_threads))  # 1: "big" cores
-        _configured_threads = num_threads
+        got = int(tvm.get_global_func("runtime.NumThreads")())
     except Exception as exc:
         raise BackendError(f"cannot configure TVM's thread pool: {exc}") from exc
+    _configured_threads = num_threads
+    if got < num_threads:
+        warnings.warn(
+            f"TVM's thread pool runs {got} thread(s), not the {num_threads} asked for: it was created before "
+            f"cacc sized it (set TVM_NUM_THREADS >= {num_threads} before the first TVM run)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _env_threads() -> int:
+    try:
+        return int(os.environ.get("TVM_NUM_THREADS", "0"))
+    except ValueError:
+        return 0
 
 
 def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
