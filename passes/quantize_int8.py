@@ -40,7 +40,7 @@ from passes._utils import Namer, add_initializer, constant, is_onnx_op, node_lab
 from passes.base import LayerRecord, Pass, register_pass
 from passes.quant.bias_correction import MIN_POSITIONS, bias_sites, correct_biases, float_channel_means
 from passes.quant.calibration import METHODS, TensorObserver, observe
-from passes.quant.conv_gptq import gptq_weights
+from passes.quant.conv_gptq import gptq_weight, layer_hessians
 from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, QuantPlan, plan_quantization
 from passes.quant.layers import (
     QUANTIZABLE_OPS,
@@ -58,6 +58,12 @@ _OVERRIDE_KEYS = ("method", "percentile", "activation_symmetric", "reduce_range"
 
 #: Values of ``Int8Options.weight_rounding``.
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
+#: Values of ``Int8Options.kept_weights``.
+KEPT_WEIGHTS = ("fp32", "int8")
+#: Per-layer overrides (``Int8Options.layers``) that keep a layer's compute in float.
+FLOAT_OVERRIDES = ("fp32", "weight_only")
+#: Record note of a layer with int8 weights and float compute by a per-layer override.
+WEIGHT_ONLY_OVERRIDE_NOTE = "int8 weights, fp32 compute by a per-layer override"
 
 #: Targets on which the cost check is on by default (``cost_check=None``).
 COST_CHECK_TARGETS = ("x86", "arm", "onnx")
@@ -71,9 +77,10 @@ TVM_TARGETS = ("x86", "arm", "cuda")
 class Int8Options:
     """Options of ``quantize_int8`` (``pass_options={"quantize_int8": {...}}``).
 
-    ``layers`` maps a node-name glob to ``"fp32"`` (keep the layer in float) or to a dict overriding
-    ``method`` / ``percentile`` / ``activation_symmetric`` / ``reduce_range`` for matching layers (e.g. full
-    8-bit weights for the few layers that are sensitive to 7-bit ones); the first matching pattern wins.
+    ``layers`` maps a node-name glob to ``"fp32"`` (keep the layer in float), to ``"weight_only"`` (int8
+    weights, float compute) or to a dict overriding ``method`` / ``percentile`` / ``activation_symmetric`` /
+    ``reduce_range`` for matching layers (e.g. full 8-bit weights for the few layers that are sensitive to 7-bit
+    ones); the first matching pattern wins.
     """
 
     method: str = "percentile"
@@ -114,11 +121,18 @@ class Int8Options:
     gptq_damp: float = 0.01  #: GPTQ dampening, as a fraction of mean(diag H)
     #: fewest samples x positions a channel mean needs for bias correction (fewer: that layer is left alone)
     bias_correction_min_positions: int = MIN_POSITIONS
+    #: how layers the cost check keeps in float compute store their weights: "fp32", or "int8" (weight-only:
+    #: full-range per-channel int8 codes, rounded like the quantized layers' and dequantized in front of the
+    #: float op; a quarter of the bytes, the weight's rounding error added, the same float kernel at run time
+    #: since the backends fold a constant dequantization at compile time)
+    kept_weights: str = "fp32"
 
     def __post_init__(self) -> None:
         _check_method(self.method, self.percentile)
         if self.tolerance is not None and not self.tolerance >= 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.kept_weights not in KEPT_WEIGHTS:
+            raise ValueError(f"unknown kept_weights '{self.kept_weights}'; known: {', '.join(KEPT_WEIGHTS)}")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise ValueError(f"unknown weight_rounding '{self.weight_rounding}'; known: {', '.join(WEIGHT_ROUNDINGS)}")
         if not self.gptq_damp > 0:
@@ -133,10 +147,10 @@ class Int8Options:
         if self.num_samples is not None and self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         for pattern, override in self.layers.items():
-            if override == "fp32":
+            if override in FLOAT_OVERRIDES:
                 continue
             if not isinstance(override, dict):
-                raise ValueError(f"layers['{pattern}'] must be 'fp32' or a dict, got {override!r}")
+                raise ValueError(f"layers['{pattern}'] must be 'fp32', 'weight_only' or a dict, got {override!r}")
             bad = sorted(set(override) - set(_OVERRIDE_KEYS))
             if bad:
                 raise ValueError(f"layers['{pattern}'] has unknown keys {bad}; known: {list(_OVERRIDE_KEYS)}")
@@ -173,12 +187,22 @@ class ActivationSettings:
         return scale_zero_point(lo, hi, 8, symmetric=self.symmetric)
 
 
+def _override(name: str, opts: Int8Options) -> Any:
+    """The first per-layer override whose pattern matches ``name`` (``None``: none)."""
+    return next((o for pattern, o in opts.layers.items() if matches_any(name, [pattern])), None)
+
+
+def weight_only_override(name: str, opts: Int8Options) -> bool:
+    """Whether layer ``name`` is overridden to int8 weights with float compute (``"weight_only"``)."""
+    return _override(name, opts) == "weight_only"
+
+
 def layer_settings(name: str, opts: Int8Options) -> ActivationSettings | None:
-    """The activation settings for layer ``name`` after per-layer overrides; ``None``: keep it in fp32."""
+    """The activation settings for layer ``name`` after per-layer overrides; ``None``: float compute."""
     base = ActivationSettings(opts.method, opts.percentile, opts.activation_symmetric, bool(opts.reduce_range))
     for pattern, override in opts.layers.items():
         if matches_any(name, [pattern]):
-            if override == "fp32":
+            if override in FLOAT_OVERRIDES:
                 return None
             return replace(
                 base,
@@ -273,11 +297,14 @@ def _rank_bias(graph: ir.Graph, layer: QuantLayer, namer: Namer) -> bool:
 
 
 def float_reason(layer: QuantLayer, opts: Int8Options) -> str:
-    """Why ``layer`` stays in float ("" if it is quantized)."""
-    if layer_settings(layer.name, opts) is None:
+    """Why ``layer`` stays in float ("" if it is quantized); :data:`WEIGHT_ONLY_OVERRIDE_NOTE` for a layer that
+    keeps float compute with int8 weights."""
+    if _override(layer.name, opts) == "fp32":
         return "kept fp32 by a per-layer override"
     if layer.weight_array().size < opts.min_weight_elements:
         return f"weight has fewer than {opts.min_weight_elements} elements: int8 would not pay off"
+    if weight_only_override(layer.name, opts):
+        return WEIGHT_ONLY_OVERRIDE_NOTE
     if constant(layer.activation) is not None:
         return "data input is a constant: nothing to gain at run time"
     return ""
@@ -439,7 +466,7 @@ def quantize_embeddings(model: ir.Model, opts: Int8Options, pass_name: str = "qu
         label = node_label(node)
         if table is None or table.ndim != 2 or table.dtype != np.float32 or ids is None:
             continue
-        if matches_any(label, opts.skip) or layer_settings(label, opts) is None:
+        if matches_any(label, opts.skip) or _override(label, opts) == "fp32":
             continue
         if table.size < opts.min_weight_elements:
             continue
@@ -467,6 +494,22 @@ def quantize_embeddings(model: ir.Model, opts: Int8Options, pass_name: str = "qu
     return records
 
 
+def _all_layers(model: ir.Model, opts: Int8Options) -> list[QuantLayer]:
+    return [la for la in find_layers(model, opts.op_types) if not matches_any(la.name, opts.skip)]
+
+
+def _weight_only(
+    model: ir.Model, layer: QuantLayer, codes: tuple[np.ndarray, QuantParams], pass_name: str, note: str, *, gptq: bool
+) -> LayerRecord:
+    """Replace ``layer``'s float weight by a ``DequantizeLinear`` of its int8 ``codes`` (float compute stays)."""
+    before = weight_bytes(layer.weight)
+    q, params = codes
+    dq = quantize_weight_in_place(model.graph, layer, q, replace(params, bits=8), namer=Namer(model.graph))
+    after = sum(weight_bytes(v) for v in dq.inputs)
+    action = f"int8 weight-only{' (GPTQ w)' if gptq else ''}"
+    return LayerRecord(layer.name, layer.op_type, pass_name, action, 8, None, before, after, note=note)
+
+
 @register_pass
 class QuantizeInt8Pass(Pass):
     """Static int8 PTQ: per-channel int8 weights, calibrated per-tensor activations."""
@@ -486,6 +529,7 @@ class QuantizeInt8Pass(Pass):
         feeds = self.calibration_feeds(minimum=1)
         prepare_model(model, opts)
         layers, kept = select_layers(model, opts)
+        override_wo = [la for la in _all_layers(model, opts) if float_reason(la, opts) == WEIGHT_ONLY_OVERRIDE_NOTE]
         stats = calibrate(model, layers, feeds, opts)
         order = {layer.name: i for i, layer in enumerate(find_layers(model, opts.op_types))}
         cost_check = cost_check_enabled(opts, target)
@@ -494,9 +538,12 @@ class QuantizeInt8Pass(Pass):
 
         bc_feeds = feeds[: opts.num_samples] if opts.num_samples is not None else feeds
         bits = {layer.name: _weight_bits(layer, opts) for layer in layers}
-        weights = None
+        weights: dict[str, tuple[np.ndarray, QuantParams]] | None = None
+        hessians: dict[str, np.ndarray] = {}
         if opts.weight_rounding == "gptq":
-            weights = gptq_weights(model, layers, bc_feeds, bits, damp=opts.gptq_damp)
+            hessians = layer_hessians(model, [*layers, *override_wo], bc_feeds)
+            damp = opts.gptq_damp
+            weights = {la.name: gptq_weight(la, hessians[la.name], bits[la.name], damp=damp) for la in layers}
 
         def quantize_one(m: ir.Model, layer: QuantLayer) -> None:
             quantize_layers(m, [layer], stats, opts, pass_name=self.name, weights=weights)
@@ -514,9 +561,27 @@ class QuantizeInt8Pass(Pass):
             samples=opts.diagnosis_samples,
         )
         moved = _requantize_for_ort(plan, opts) if target == "onnx" and opts.quantize_outputs else set()
-        sites = bias_sites(plan.quantize) if opts.bias_correction else {}
+        # float compute with int8 weights: per-layer overrides, and (kept_weights="int8") the cost check's layers
+        weight_only = {la.name: (la, WEIGHT_ONLY_OVERRIDE_NOTE) for la in override_wo}
+        if opts.kept_weights == "int8":
+            weight_only.update((la.name, (la, note)) for la, note in plan.kept if note.startswith(COST_NOTE))
+        plan.kept = [(la, note) for la, note in plan.kept if la.name not in weight_only]
+        kept = [r for r in kept if r.node not in weight_only]
+        sites = bias_sites([*plan.quantize, *(la for la, _ in weight_only.values())]) if opts.bias_correction else {}
         means = float_channel_means(model, sites, bc_feeds) if sites else {}
-        records = quantize_layers(model, plan.quantize, stats, opts, pass_name=self.name, weights=weights)
+
+        def weight_codes(layer: QuantLayer) -> tuple[np.ndarray, QuantParams]:
+            if layer.name in hessians:  # GPTQ at full 8 bits (float compute has no range limit)
+                if weights is not None and bits.get(layer.name) == 8:
+                    return weights[layer.name]
+                return gptq_weight(layer, hessians[layer.name], 8, damp=opts.gptq_damp)
+            return quantize_weight(layer.weight_array(), layer.out_axis, layer.reduce_axis, 8, symmetric=True)
+
+        records = [
+            _weight_only(model, layer, weight_codes(layer), self.name, note, gptq=layer.name in hessians)
+            for layer, note in weight_only.values()
+        ]
+        records += quantize_layers(model, plan.quantize, stats, opts, pass_name=self.name, weights=weights)
         for record in records:
             if record.node in moved:
                 record.note = ORT_WEIGHT_NOTE

@@ -210,6 +210,8 @@ def test_per_layer_reduce_range_override(rounding: str) -> None:
         ({"layers": {"fc": {"bits": 4}}}, "unknown keys"),
         ({"layers": {"fc": {"reduce_range": "no"}}}, r"\['reduce_range'\] must be true or false, got 'no'"),
         ({"op_types": ["Relu"]}, "not quantizable"),
+        ({"kept_weights": "int4"}, "unknown kept_weights 'int4'; known: fp32, int8"),
+        ({"layers": {"fc": "int8"}}, "must be 'fp32', 'weight_only' or a dict, got 'int8'"),
     ],
 )
 def test_bad_options(options, message) -> None:
@@ -386,6 +388,68 @@ def test_cost_check_keeps_depthwise_and_tiny_layers_in_float(target) -> None:
         other = QuantizeInt8Pass(context)
         other(to_ir(_cost_model()))
         assert all(r.weight_bits == 8 for r in other.context.layers), other.context.layers
+
+
+def _weight_only_checks(model: ir.Model, records: dict[str, LayerRecord], names: tuple[str, ...]) -> None:
+    """``names`` keep float compute on an int8 per-channel weight: a DequantizeLinear of int8 codes (axis = the
+    output channels), a float data input, a weight-only record counting the codes and scales."""
+    for node in model.graph:
+        if node.name not in names:
+            continue
+        dq = node.inputs[1].producer()
+        assert dq is not None and dq.op_type == "DequantizeLinear", node.name
+        codes = dq.inputs[0].const_value.numpy()  # type: ignore[union-attr]
+        assert codes.dtype == np.int8 and np.abs(codes.astype(np.int32)).max() >= 127, node.name  # full 8 bits
+        scale = dq.inputs[1].const_value.numpy()  # type: ignore[union-attr]
+        out_axis = 0 if node.op_type == "Conv" else 1
+        assert scale.size == codes.shape[out_axis], node.name
+        x = node.inputs[0].producer()
+        assert x is None or x.op_type != "DequantizeLinear", node.name  # float activations
+        r = records[node.name]
+        assert r.action.startswith("int8 weight-only") and (r.weight_bits, r.activation_bits) == (8, None), r
+        stored = sum(v.const_value.nbytes for v in dq.inputs if v is not None and v.const_value is not None)
+        assert r.bytes_after == stored < r.bytes_before / 2, r  # a 3x3 depthwise: 9 codes + a 4-byte scale
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_kept_weights_int8_stores_cost_kept_layers_weight_only(rounding: str) -> None:
+    """kept_weights="int8": the layers the cost check keeps in float compute store int8 weights; the model then
+    computes the float layers with the dequantized weights (reference interpreter and the x86 build agree)."""
+    feeds = [{k: v.astype(np.float32) for k, v in f.items()} for f in _cost_feeds(2)]
+    model = to_ir(_cost_model())
+    options = {"quantize_int8": {"kept_weights": "int8", "weight_rounding": rounding}}
+    pass_ = QuantizeInt8Pass(PassContext(calibration=feeds, target="x86", options=options))
+    pass_(model)
+    records = {r.node: r for r in pass_.context.layers}
+    assert records["big"].activation_bits == 8, records["big"]
+    assert all(records[n].note.startswith(COST_NOTE) for n in ("dw", "tiny")), records
+    _weight_only_checks(model, records, ("dw", "tiny"))
+    ref = run(to_ir(_cost_model()), feeds[0])
+    got = run(model, feeds[0])
+    rel = np.linalg.norm(got["img_out"] - ref["img_out"]) / np.linalg.norm(ref["img_out"])
+    assert 0 < rel < 0.01, rel  # the depthwise conv's weights were rounded, nothing else changed there
+
+    samples = [(f["img"], f["x"].astype(np.float32)) for f in feeds]
+    cm = compiler.compile(
+        _cost_model(), target="x86", passes=["quantize_int8"], calibration=samples, pass_options=options,
+        num_threads=1, measure=False,
+    )  # fmt: skip
+    expected = run(cm.ir, {"img": samples[0][0], "x": samples[0][1]})
+    for name, value in zip(("img_out", "y"), cm(*samples[0])):
+        np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-4)
+
+
+def test_weight_only_override() -> None:
+    """A "weight_only" override: int8 weights and float compute for the matching layer, the rest as usual."""
+    model = to_ir(_cnn())
+    feeds = [{"x": s[0]} for s in _samples((1, 8, 12, 12), 4)]
+    options = {"cost_check": False, "layers": {"conv2": "weight_only"}, "weight_rounding": "gptq"}
+    pass_ = QuantizeInt8Pass(PassContext(options={"quantize_int8": options}, calibration=feeds, target="x86"))
+    pass_(model)
+    records = {r.node: r for r in pass_.context.layers}
+    _weight_only_checks(model, records, ("conv2",))
+    assert records["conv2"].note == "int8 weights, fp32 compute by a per-layer override"
+    assert records["conv1"].activation_bits == 8 and records["fc"].activation_bits == 8, records
 
 
 def test_report_shows_guard_cost_and_worst_layer_lines() -> None:

@@ -66,6 +66,9 @@ QUANT_RECIPES: dict[str, dict[str, tuple[list[str], dict[str, dict[str, Any]]]]]
             ["quantize_int8"],
             {"quantize_int8": {"weight_rounding": "gptq", "bias_correction": True}},
         ),
+        # its 3x3 convs stay in float compute (no integer kernel pays off there), with int8 weights: 3.9x smaller
+        # instead of 2.9x, test accuracy 0.9100 against 0.9103 (fp32: 0.9103)
+        "fmnist_cnn": (["quantize_int8"], {"quantize_int8": {"kept_weights": "int8"}}),
     },
     # GPTQ (act-order, group 128) from the first ``samples`` calibration samples of the model's whole set
     # (MiniLM: 320 glosses and nouns, about 3,300 tokens, so the K = 1,536 FFN Hessians have full rank)

@@ -131,17 +131,11 @@ def gptq_weight(
     return q, QuantParams(scale.astype(np.float32).reshape(shape), np.zeros(shape, np.int64), bits, True)
 
 
-def gptq_weights(
-    model: ir.Model,
-    layers: Sequence[QuantLayer],
-    feeds: Sequence[Mapping[str, np.ndarray]],
-    bits: int | Mapping[str, int],
-    *,
-    damp: float = 0.01,
-) -> dict[str, tuple[np.ndarray, QuantParams]]:
-    """GPTQ codes and parameters for every layer of ``layers`` (float ``model``, Hessians over ``feeds``), at
-    ``bits`` (one width, or one per layer name)."""
+def layer_hessians(
+    model: ir.Model, layers: Sequence[QuantLayer], feeds: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``{layer name: Hessian}`` of every layer of ``layers`` over ``feeds`` (float ``model``): ``[G, K, K]``
+    over input patches for Conv, ``[K, K]`` for MatMul / Gemm; what :func:`gptq_weight` takes."""
     hessians = collect_conv_hessians(model, layers, feeds)
     hessians.update(collect_hessians(model, [la for la in layers if la.op_type != "Conv"], feeds))
-    width = (lambda name: bits) if isinstance(bits, int) else bits.__getitem__
-    return {layer.name: gptq_weight(layer, hessians[layer.name], width(layer.name), damp=damp) for layer in layers}
+    return hessians
