@@ -362,13 +362,17 @@ def _blocked_quant_chain(act_dtype: int, amax: int = 63) -> ir.Model:
 def test_quantized_pointwise_conv_on_channel_blocked_activations(act_dtype: int, amax: int, kind: str) -> None:
     """Between channel-blocked float convs the integer 1x1 conv reads and writes the blocked layout (a
     GEMM over pixels, no layout change), and matches the reference: u8s8 for 7-bit weights, s16 for
-    full-range 8-bit weights (which ``vpmaddubsw`` could saturate)."""
+    full-range 8-bit weights (which ``vpmaddubsw`` could saturate). Its operand is quantized in one pass from
+    the float blocked tensor."""
     model = _blocked_quant_chain(act_dtype, amax)
     wq = next(v for v in model.graph.initializers.values() if v.name == "wq").const_value.numpy()
     assert np.abs(wq).max() == amax
     script = emit_relax(model)["main"].script()
     assert f"cacc_qconv1x1_blocked_{kind}" in script and "cacc_depthwise_conv2d_nchwc" in script
-    assert [k for k in _qkernels(model) if k != "pack"] == [kind]
+    kinds = _all_qkernels(model)
+    assert [k for k in kinds if k not in ("pack", QUANTIZE_KIND)] == ["blocked_operand", kind]
+    # "a" is quantized straight into the GEMM's operand: the one flat quantize left is h's, before the float conv
+    assert kinds.count(QUANTIZE_KIND) == 1
     x = np.random.default_rng(14).standard_normal((1, 3, 6, 9)).astype(np.float32)
     h, _ = _check(model, {"x": x}, rtol=2e-5)
     assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()

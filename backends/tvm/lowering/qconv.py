@@ -31,7 +31,7 @@ from backends.tvm.lowering.kernels import call_kernel, static_shape
 from backends.tvm.lowering.nn import _spatial_params
 from backends.tvm.lowering.qmatmul import _Act, _activation, _bias, _producer, _zero_point_args, kernel_switches
 from backends.tvm.schedules.epilogue import SUPPORTED
-from backends.tvm.schedules.qconv import quant_pack_func
+from backends.tvm.schedules.qconv import blocked_operand_func, quant_pack_func
 from backends.tvm.schedules.qgemm import QGemmPlan, pack_qweight, plan_qgemm, qgemm_func, u8s8_pairing
 
 R = relax.op
@@ -153,6 +153,46 @@ def _call_qgemm(
     return call_kernel(ctx, func, name, args, shape, "float32")
 
 
+def _blocked_operand(
+    ctx: EmitContext, act: _Act, held: Blocked, plan: QGemmPlan, kind: str, shift: int
+) -> relax.Expr | None:
+    """The blocked conv's activation operand ``[Mp, Kp]`` in one pass from the fp32 blocked input of the
+    ``QuantizeLinear`` producing ``act.q`` (:func:`~backends.tvm.schedules.qconv.blocked_operand_func`);
+    ``None`` when that producer is not a per-tensor constant quantize of a blocked fp32 value."""
+    node = _producer(act.q, "QuantizeLinear")
+    if node is None or int(attr(node, "block_size", 0)) or plan.kp != plan.k or node.inputs[0] is None:
+        return None
+    src = ctx.blocked_form(node.inputs[0])
+    s, z = ctx.const(input_at(node, 1)), ctx.const(input_at(node, 2))
+    if src is None or src.block != held.block or ctx.dtype(src.expr) != "float32":
+        return None
+    if (
+        s is None
+        or s.size != 1
+        or s.dtype != np.float32
+        or (input_at(node, 2) is not None and (z is None or z.size != 1))
+    ):
+        return None
+    if kind == "s16":  # centred: x_q minus the dequantization's zero point, as int16
+        dz = ctx.const(act.zero)
+        if act.zero is not None and (dz is None or dz.size != 1):
+            return None
+        offset, dtype = -(0 if dz is None else int(dz.reshape(-1)[0])), "int16"
+    else:
+        offset, dtype = shift, "uint8"
+    shape = static_shape(ctx, src.expr)
+    if shape is None or len(shape) != 5 or shape[0] != 1:
+        return None
+    _n, cb, h, w, b = shape
+    info = np.iinfo(np.dtype(ctx.dtype(act.q)))
+    zero = 0 if z is None else int(z.reshape(-1)[0])
+    func = blocked_operand_func(
+        (cb, h, w, b), plan.mp, float(s.reshape(-1)[0]), zero, int(info.min), int(info.max), offset, dtype
+    )
+    y = call_kernel(ctx, func, "cacc_quantize_operand", [src.expr], [plan.mp, cb, b], dtype)
+    return ctx.emit(R.memory.view(y, [plan.mp, plan.kp]))
+
+
 def _blocked_qconv(
     ctx: EmitContext,
     act: _Act,
@@ -180,16 +220,18 @@ def _blocked_qconv(
     plan = plan_qgemm(m, ci, co, kind)
     if plan.nb % b:
         return None
-    x = ctx.emit(R.reshape(R.permute_dims(held.expr, [0, 2, 3, 1, 4]), [m, ci]))
     shift = 128 if kind == "u8s8" and ctx.dtype(act.q) == "int8" else 0
-    if kind == "s16":
-        x = ctx.emit(R.astype(x, "int16"))
-        if act.zero is not None:
-            x = ctx.emit(R.subtract(x, R.reshape(R.astype(ctx.expr(act.zero), "int16"), [])))
-    elif shift:
-        x = ctx.emit(R.astype(R.add(R.astype(x, "int16"), relax.const(shift, "int16")), "uint8"))
-    if (plan.mp, plan.kp) != (m, ci):
-        x = ctx.emit(R.nn.pad(x, [0, plan.mp - m, 0, plan.kp - ci]))
+    x = _blocked_operand(ctx, act, held, plan, kind, shift)
+    if x is None:
+        x = ctx.emit(R.reshape(R.permute_dims(held.expr, [0, 2, 3, 1, 4]), [m, ci]))
+        if kind == "s16":
+            x = ctx.emit(R.astype(x, "int16"))
+            if act.zero is not None:
+                x = ctx.emit(R.subtract(x, R.reshape(R.astype(ctx.expr(act.zero), "int16"), [])))
+        elif shift:
+            x = ctx.emit(R.astype(R.add(R.astype(x, "int16"), relax.const(shift, "int16")), "uint8"))
+        if (plan.mp, plan.kp) != (m, ci):
+            x = ctx.emit(R.nn.pad(x, [0, plan.mp - m, 0, plan.kp - ci]))
     wk = np.zeros((plan.kp, co), np.int8)
     wk[:ci] = wk_t
     args = [x, relax.const(pack_qweight(wk, plan)), _scale_arg(ctx, act, w_scale)]

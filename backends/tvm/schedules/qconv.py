@@ -1,4 +1,4 @@
-"""Quantize-and-pack prologue of the integer pointwise conv (:mod:`backends.tvm.lowering.qconv`).
+"""Quantize-and-pack prologues of the integer pointwise convs (:mod:`backends.tvm.lowering.qconv`).
 
 ``packed[jo, ko, ji]`` (uint32) holds the four uint8 activations ``q(x[4 ko + i, nb jo + ji])``,
 ``i = 0..3`` from the low byte up: viewed as uint8 ``[cols/nb, Kp/4, nb, 4]`` it is the ``s8u8``
@@ -6,6 +6,11 @@ GEMM's packed operand. ``q`` is ``QuantizeLinear`` (``x / s`` rounded half to ev
 saturated; int8 results shifted by 128 to uint8). Reading four channel rows with contiguous
 vector loads and writing whole int32 lanes keeps it vectorised, where Relax's
 quantize / reshape / transpose chain moves single bytes.
+
+The conv on channel-blocked activations takes its operand ``A[Mp, Kp]`` (pixel rows, channel columns;
+``x_q - zp`` as int16 for the ``s16`` kernel, ``x_q`` (+128 for int8) as uint8 for ``u8s8``) from
+:func:`blocked_operand_func`: one pass from the fp32 ``[1, C/b, H, W, b]`` tensor, where a quantize
+kernel and a transpose / cast / subtract / pad kernel each made one.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from backends.tvm.schedules.quantize import round_half_even
 
 PACK_KIND = "pack"
 """``cacc.qkernel`` value of the quantize-and-pack prologue."""
+OPERAND_KIND = "blocked_operand"
+"""``cacc.qkernel`` value of the blocked conv's quantized operand."""
 
 _VEC = 8
+_OPERAND_ROWS = 16  #: pixel rows per parallel tile of the blocked operand (at most)
 
 
 def quant_pack_func(
@@ -60,4 +68,55 @@ def schedule_quant_pack(func: tirx.PrimFunc) -> s_tir.Schedule:
     return sch
 
 
-__all__ = ["PACK_KIND", "quant_pack_func", "schedule_quant_pack", "tvm"]
+def blocked_operand_func(
+    shape: tuple[int, int, int, int],
+    rows: int,
+    scale: float,
+    zero: int,
+    qmin: int,
+    qmax: int,
+    offset: int,
+    dtype: str,
+) -> tirx.PrimFunc:
+    """PrimFunc ``(x[1, C/b, H, W, b] f32, a[rows, C/b, b] dtype)``: ``a[p, cb, l]`` is
+    ``QuantizeLinear(x[0, cb, p // W, p % W, l]) + offset`` for the ``H*W`` pixels and 0 in the padding rows
+    (``rows >= H*W``); ``shape`` is ``(C/b, H, W, b)``. Viewed ``[rows, C]`` it is the GEMM's activation
+    operand (``offset``: ``-zp`` for ``s16``, ``0`` or ``128`` for ``u8s8``)."""
+    cb, h, w, b = shape
+    x = te.placeholder((1, cb, h, w, b), "float32", name="x")
+    s = tirx.const(scale, "float32")
+
+    def operand(p: tirx.Var, c: tirx.Var, lane: tirx.Var) -> tirx.PrimExpr:
+        pp = tirx.min(p, h * w - 1)  # padding rows read a real pixel and store 0
+        v = round_half_even(x[0, c, pp // w, pp % w, lane] / s) + tirx.const(float(zero), "float32")
+        v = tirx.max(tirx.min(v, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
+        q = (v.astype("int32") + offset).astype(dtype)
+        return q if rows == h * w else tirx.if_then_else(p < h * w, q, tirx.const(0, dtype))
+
+    a = te.compute((rows, cb, b), operand, name="operand")
+    return te.create_prim_func([x, a]).with_attr(QKERNEL_ATTR, OPERAND_KIND).with_attr("op_pattern", 8)
+
+
+def schedule_blocked_operand(func: tirx.PrimFunc) -> s_tir.Schedule:
+    """Tiles of :data:`_OPERAND_ROWS` pixel rows in parallel; per tile, channel block by channel block, one
+    vector of ``b`` channels per pixel (each block's pixels are contiguous in the input)."""
+    sch = s_tir.Schedule(func)
+    p, c, lane = sch.get_loops(sch.get_sblock("operand"))
+    rows = int(sch.get(p).extent)
+    tile = next((t for t in range(_OPERAND_ROWS, 0, -1) if rows % t == 0), 1)
+    po, pi = sch.split(p, factors=[None, tile])
+    sch.reorder(po, c, pi, lane)
+    sch.parallel(po)
+    sch.vectorize(lane)
+    return sch
+
+
+__all__ = [
+    "OPERAND_KIND",
+    "PACK_KIND",
+    "blocked_operand_func",
+    "quant_pack_func",
+    "schedule_blocked_operand",
+    "schedule_quant_pack",
+    "tvm",
+]

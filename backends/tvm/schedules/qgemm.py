@@ -384,10 +384,12 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     tile is allocated once per panel.
     """
     kind = str(func.attrs[QKERNEL_ATTR])
-    if kind not in _KINDS:  # the integer conv's quantize-and-pack prologue, or a flat quantize
-        from backends.tvm.schedules.qconv import schedule_quant_pack
+    if kind not in _KINDS:  # the integer convs' quantize-and-pack prologues, or a flat quantize
+        from backends.tvm.schedules.qconv import OPERAND_KIND, schedule_blocked_operand, schedule_quant_pack
         from backends.tvm.schedules.quantize import QUANTIZE_KIND, schedule_quantize
 
+        if kind == OPERAND_KIND:
+            return schedule_blocked_operand(func)
         return schedule_quantize(func) if kind == QUANTIZE_KIND else schedule_quant_pack(func)
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
