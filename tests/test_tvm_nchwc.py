@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import tvm
 from onnx import helper
 
 from backends.tvm.lowering.blocked import plan_blocked_values
 from backends.tvm.relax_emitter import emit_relax
-from backends.tvm.schedules.nchwc import PLANE_PAD_BYTES, blocked_conv_applies, blocked_conv_func, plan_blocked_conv
-from backends.tvm.schedules.tiled import KERNEL_ATTR
+from backends.tvm.schedules.nchwc import BlockedConvPlan, blocked_conv_applies, blocked_conv_func, plan_blocked_conv
 from backends.tvm.schedules.tiling import TileConfig
+from backends.tvm.target import host_target
 from compiler.ir.shapes import infer_shapes
 from tests.test_tvm_helpers import check_against_ort, make_model, rand, to_ir
 
@@ -95,18 +96,45 @@ def test_blocked_conv_reading_a_blocked_input(c: int, co: int, hw: tuple, kernel
     check_against_ort(nodes, feeds, ["y"], inits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("h", "stride"), [(56, 1), (112, 2), (7, 1)])
-def test_depthwise_pads_per_channel_block_when_the_plane_fits(h: int, stride: int) -> None:
-    """Per-plane padding (parallel over channel blocks) when one padded channel block fits the budget, else
-    per output row; the kernel's parallel loop follows."""
+def _depthwise_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray, p: BlockedConvPlan) -> np.ndarray:
+    """Blocked depthwise conv by definition: ``x [1, C/b, H, W, b]``, ``w [C/b, KH, KW, b]``, ``bias [C/b, b]``."""
+    (sh, sw), (dh, dw), (pt, pl) = p.stride, p.dilation, p.pad
+    xp = np.zeros((x.shape[1], p.h + 2 * p.kh * dh, p.w + 2 * p.kw * dw, x.shape[4]), np.float64)
+    xp[:, pt : pt + p.h, pl : pl + p.w] = x[0]
+    out = np.zeros((x.shape[1], p.oh, p.ow, x.shape[4]))
+    for ky in range(p.kh):
+        for kx in range(p.kw):
+            rows = xp[:, ky * dh : ky * dh + sh * (p.oh - 1) + 1 : sh, kx * dw : kx * dw + sw * (p.ow - 1) + 1 : sw]
+            out += rows * w[:, ky, kx][:, None, None, :]
+    return (out + bias[:, None, None, :])[None]
+
+
+@pytest.mark.parametrize("mode", ["inline", "one pass", "per row", "per channel block"])
+@pytest.mark.parametrize(
+    ("hw", "kernel", "stride", "dilation", "pads"),
+    [((13, 11), 3, 2, 1, [1, 1, 1, 1]), ((9, 14), 5, 1, 1, [2, 1, 2, 3]), ((12, 12), 3, 1, 2, [2, 2, 2, 2])],
+)
+def test_depthwise_padding_modes(mode: str, hw: tuple, kernel: int, stride: int, dilation: int, pads: list) -> None:
+    """Every padding mode the tile search tries computes the conv (output tiles wider than the map included);
+    the default reads the padding in place, with no padded copy in the kernel."""
+    from backends.tvm.kernel_tuning import BuiltKernel
+
     cfg = TileConfig(8, 16)
-    p = plan_blocked_conv(
-        [1, 32, h, h], [32, 1, 3, 3], [stride] * 2, [1, 1], [1] * 4, cfg, depthwise=True, in_blocked=True
-    )
-    rows, cols = p.input_extent(*p.padded_output)
-    assert p.local_pad and p.plane_pad == (rows * cols * 8 * 4 <= PLANE_PAD_BYTES)
-    spec = str(blocked_conv_func(p, "float32", bias=False).attrs[KERNEL_ATTR])
-    assert spec.endswith(",par2") == p.plane_pad
+    flags = {"inline": (0, 0, 1), "one pass": (0, 0, 0), "per row": (1, 0, 0), "per channel block": (1, 1, 0)}[mode]
+    tile = dict(zip(("local_pad", "plane_pad", "inline_pad"), flags), mr=4)
+    shape = [1, 16, *hw]
+    p = plan_blocked_conv(shape, [16, 1, kernel, kernel], [stride] * 2, [dilation] * 2, pads, cfg, depthwise=True,
+                          in_blocked=True, tile=tile)  # fmt: skip
+    assert (p.inline_pad, p.local_pad, p.plane_pad) == (flags[2] == 1, flags[0] == 1, flags[1] == 1)
+    func = blocked_conv_func(p, "float32", bias=True)
+    kernel_ = BuiltKernel(func, host_target(1))
+    kernel_.rt_mod(*kernel_.args)
+    x, w, bias, out = (a.numpy() for a in kernel_.args)
+    np.testing.assert_allclose(out, _depthwise_reference(x, w, bias, p), rtol=1e-5, atol=1e-5)
+    default = plan_blocked_conv(shape, [16, 1, kernel, kernel], [stride] * 2, [dilation] * 2, pads, cfg,
+                                depthwise=True, in_blocked=True)  # fmt: skip
+    assert default.inline_pad and not default.local_pad
+    assert "X_pad" not in blocked_conv_func(default, "float32", bias=True).script()
 
 
 def test_channels_not_in_whole_vectors_stay_nchw() -> None:

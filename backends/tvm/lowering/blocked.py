@@ -145,9 +145,19 @@ def emit_blocked_conv2d(
         return None
     default: Tile
     if depthwise:
-        default = {"mr": base.mr, "local_pad": int(base.local_pad), "plane_pad": int(base.plane_pad)}
-        pad_modes = ((0, 0), (1, 0), (1, 1))  # one padding pass; per output row; per channel block
-        candidates = [{"mr": mr, "local_pad": lp, "plane_pad": pp} for mr in DEPTHWISE_WIDTHS for lp, pp in pad_modes]
+        default = {
+            "mr": base.mr,
+            "local_pad": int(base.local_pad),
+            "plane_pad": int(base.plane_pad),
+            "inline_pad": int(base.inline_pad),
+        }
+        # padding read in place; one padding pass; per output row; per channel block
+        pad_modes = ((0, 0, 1), (0, 0, 0), (1, 0, 0), (1, 1, 0))
+        candidates = [
+            {"mr": mr, "local_pad": lp, "plane_pad": pp, "inline_pad": ip}
+            for mr in DEPTHWISE_WIDTHS
+            for lp, pp, ip in pad_modes
+        ]
     else:
         default = {"mr": base.mr, "vecs": base.vecs, "channels_outer": int(base.channels_outer), "local_pad": 0}
         candidates = [
@@ -156,7 +166,7 @@ def emit_blocked_conv2d(
             for outer in (0, 1)
         ]
     if not base.pads_input:
-        candidates = [t for t in candidates if not t["local_pad"]]
+        candidates = [t for t in candidates if not t["local_pad"] and not t.get("inline_pad")]
     if all(t != default for t in candidates):
         candidates.insert(0, default)
 
