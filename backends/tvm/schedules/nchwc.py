@@ -16,6 +16,8 @@ blocked ``[N, Co/b, OH, OW, b]`` (a free reshape). Padding is read in place (``i
 read is a bounds-checked ``likely`` select, no copy; the depthwise default) or materialised by a copy, for
 the whole input or per parallel tile (``local_pad``): per output row, or for a depthwise conv per channel
 block (``plane_pad``: the parallel loop runs over channel blocks, each padded plane built once, in cache).
+Dense convs copy: they read each input value for many output channels, and on the stem conv inline reads
+measured slower (412 against 304 us).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class BlockedConvPlan(ConvGeometry):
 
     @property
     def pads_input(self) -> bool:
-        """Whether the kernel reads outside the input (then it reads a zero-padded copy)."""
+        """Whether the kernel reads outside the input (zero padding, read in place or from a padded copy)."""
         return self.reads_outside(*self.padded_output)
 
 
@@ -176,7 +178,7 @@ def _padded_input(x: te.Tensor, p: BlockedConvPlan) -> Callable[..., tirx.PrimEx
         return tirx.if_then_else(inside, x[(n, c, y - pt, xx - pl, *lane)], zero)
 
     if p.inline_pad:
-        return lambda *idx: pad(*idx)
+        return pad
     shape = [int(d) for d in x.shape]
     shape[2], shape[3] = h_need, w_need
     return te.compute(shape, pad, name="X_pad")
