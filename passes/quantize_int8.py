@@ -123,8 +123,8 @@ class Int8Options:
     bias_correction_min_positions: int = MIN_POSITIONS
     #: how layers the cost check keeps in float compute store their weights: "fp32", or "int8" (weight-only:
     #: full-range per-channel int8 codes, rounded like the quantized layers' and dequantized in front of the
-    #: float op; a quarter of the bytes, the weight's rounding error added, the same float kernel at run time
-    #: since the backends fold a constant dequantization at compile time)
+    #: float op; a quarter of the weight bytes plus one scale per channel, the weight's rounding error added, the
+    #: same float kernel at run time since the backends fold a constant dequantization at compile time)
     kept_weights: str = "fp32"
 
     def __post_init__(self) -> None:
