@@ -26,6 +26,7 @@ from backends.tvm.database import Record, TuningDatabase, target_key
 from backends.tvm.schedules.choice import KernelWorkload, Tile, tile_json, tile_source
 from backends.tvm.schedules.tiled import schedule_tiled
 from backends.tvm.schedules.tiling import target_lanes
+from backends.tvm.target import target_cores
 from compiler.errors import BackendError
 
 _NO_TRACE: list[Any] = [[], []]
@@ -107,8 +108,7 @@ def measure_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target, *, rounds
 def _pool_for(target: tvm.target.Target) -> None:
     from backends.tvm.runtime import set_num_threads
 
-    cores = target.attrs.get("num-cores")
-    set_num_threads(int(cores) if cores else None)
+    set_num_threads(target_cores(target))
 
 
 def _unmeasured(db: TuningDatabase, wl: KernelWorkload, key: str) -> list[Tile]:

@@ -19,6 +19,12 @@ def host_cpu() -> str:
     return cpu if cpu and cpu != "generic" else "generic"
 
 
+def target_cores(target: tvm.target.Target) -> int | None:
+    """The cores an LLVM target's kernels run on (its ``num-cores``), ``None`` when it does not say."""
+    cores = target.attrs.get("num-cores") if target.kind.name == "llvm" else None
+    return int(cores) if cores else None
+
+
 def host_target(num_threads: int | None = None) -> tvm.target.Target:
     """An LLVM target for the host x86 / arm CPU; ``num-cores`` is ``num_threads`` (default: all CPUs)."""
     cores = num_threads or os.cpu_count() or 1

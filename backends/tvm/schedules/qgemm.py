@@ -27,6 +27,7 @@ from tvm.target import Target, codegen
 
 from backends.tvm.schedules.epilogue import activation_expr
 from backends.tvm.schedules.tiling import ceil_to
+from backends.tvm.target import target_cores
 
 QKERNEL_ATTR = "cacc.qkernel"
 """PrimFunc attribute marking cacc's integer GEMM kernels (value: ``"qgemm"``)."""
@@ -355,16 +356,11 @@ def qgemm_func(
     return func.with_attr(QKERNEL_ATTR, p.kind).with_attr("op_pattern", 8)
 
 
-def _cores(target: Target) -> int:
-    cores = target.attrs.get("num-cores") if target.kind.name == "llvm" else None
-    return max(1, int(cores)) if cores is not None else 1
-
-
 def row_block_tiles(tiles: int, panels: int, limit: int, target: Target) -> int:
     """Row tiles per row block: whole blocks (no predicate) of at most ``limit`` tiles (L2), and, where
     fewer tiles per block spread ``blocks x panels`` parallel iterations evenly over the target's cores
     (5 column panels on 2 cores run as 3 + 2: 1.2x the balanced time), the largest such block."""
-    cores = _cores(target)
+    cores = target_cores(target) or 1
     fits = [d for d in range(1, tiles + 1) if tiles % d == 0 and d <= max(1, limit)]
     per = max(fits)
     for d in sorted(fits, reverse=True):
