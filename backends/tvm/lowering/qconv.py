@@ -82,23 +82,31 @@ def _pack_activation(
     return ctx.emit(R.permute_dims(a, [2, 0, 3, 1]))
 
 
+def _constant_quantize(ctx: EmitContext, q: ir.Value) -> tuple[ir.Value, np.ndarray, int] | None:
+    """``(x, scale, zero point)`` of the per-tensor ``QuantizeLinear`` with constant parameters producing ``q``
+    (``scale`` the one-element array), else ``None``."""
+    node = _producer(q, "QuantizeLinear")
+    if node is None or int(attr(node, "block_size", 0)) or node.inputs[0] is None:
+        return None
+    s, z = ctx.const(input_at(node, 1)), ctx.const(input_at(node, 2))
+    if s is None or s.size != 1 or (input_at(node, 2) is not None and (z is None or z.size != 1)):
+        return None
+    return node.inputs[0], s, 0 if z is None else int(z.reshape(-1)[0])
+
+
 def _fused_quant_pack(
     ctx: EmitContext, q: ir.Value, shape: list[int], perm: np.ndarray, plan: QGemmPlan
 ) -> relax.Expr | None:
     """The packed operand straight from the float input of the ``QuantizeLinear`` producing ``q``
     (one vectorised kernel), or ``None`` when that producer is not a per-tensor constant quantize."""
-    node = _producer(q, "QuantizeLinear")
-    identity = np.array_equal(perm, np.arange(perm.size))
-    if node is None or shape[0] != 1 or int(attr(node, "block_size", 0)) or not identity:
+    found = _constant_quantize(ctx, q)
+    if found is None or shape[0] != 1 or not np.array_equal(perm, np.arange(perm.size)):
         return None
-    x_v, s, z = node.inputs[0], ctx.const(input_at(node, 1)), ctx.const(input_at(node, 2))
-    if x_v is None or not ctx.is_runtime(x_v) or ctx.dtype(x_v) != "float32" or s is None or s.size != 1:
-        return None
-    if input_at(node, 2) is not None and (z is None or z.size != 1):
+    x_v, s, zero = found
+    if not ctx.is_runtime(x_v) or ctx.dtype(x_v) != "float32":
         return None
     dtype = ctx.dtype(q)
     info = np.iinfo(np.dtype(dtype))
-    zero = 0 if z is None else int(z.reshape(-1)[0])
     ci, pixels = shape[1], shape[2] * shape[3]
     func = quant_pack_func(
         plan, ci, pixels, float(s.reshape(-1)[0]), zero, int(info.min), int(info.max), 128 if dtype == "int8" else 0
@@ -159,19 +167,12 @@ def _blocked_operand(
     """The blocked conv's activation operand ``[Mp, Kp]`` in one pass from the fp32 blocked input of the
     ``QuantizeLinear`` producing ``act.q`` (:func:`~backends.tvm.schedules.qconv.blocked_operand_func`);
     ``None`` when that producer is not a per-tensor constant quantize of a blocked fp32 value."""
-    node = _producer(act.q, "QuantizeLinear")
-    if node is None or int(attr(node, "block_size", 0)) or plan.kp != plan.k or node.inputs[0] is None:
+    found = _constant_quantize(ctx, act.q)
+    if found is None or plan.kp != plan.k:
         return None
-    src = ctx.blocked_form(node.inputs[0])
-    s, z = ctx.const(input_at(node, 1)), ctx.const(input_at(node, 2))
-    if src is None or src.block != held.block or ctx.dtype(src.expr) != "float32":
-        return None
-    if (
-        s is None
-        or s.size != 1
-        or s.dtype != np.float32
-        or (input_at(node, 2) is not None and (z is None or z.size != 1))
-    ):
+    x_v, s, zero = found
+    src = ctx.blocked_form(x_v)
+    if src is None or src.block != held.block or ctx.dtype(src.expr) != "float32" or s.dtype != np.float32:
         return None
     if kind == "s16":  # centred: x_q minus the dequantization's zero point, as int16
         dz = ctx.const(act.zero)
@@ -185,7 +186,6 @@ def _blocked_operand(
         return None
     _n, cb, h, w, b = shape
     info = np.iinfo(np.dtype(ctx.dtype(act.q)))
-    zero = 0 if z is None else int(z.reshape(-1)[0])
     func = blocked_operand_func(
         (cb, h, w, b), plan.mp, float(s.reshape(-1)[0]), zero, int(info.min), int(info.max), offset, dtype
     )
