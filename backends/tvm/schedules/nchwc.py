@@ -34,7 +34,7 @@ from backends.tvm.schedules.tiled import KERNEL_ATTR, tile_attr
 from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
 
 #: Depthwise tile widths (output pixels x one vector) worth trying, best first. Measured on AVX2 over
-#: EfficientNet-Lite0's 12 depthwise convs (2 threads): 7 pixels won 11, most with per-tile padding.
+#: EfficientNet-Lite0's 12 depthwise convs (2 threads, padding read in place): 7 pixels won 8, 8 won 3, 4 won 1.
 DEPTHWISE_WIDTHS = (7, 8, 4, 6)
 #: Depthwise convs read their padding in place by default (``inline_pad``). Measured on AVX2 over
 #: EfficientNet-Lite0's 12 depthwise convs (1 thread, 7-pixel tiles): 854 us summed against 1,219 us with the
