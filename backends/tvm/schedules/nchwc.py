@@ -36,12 +36,14 @@ from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
 #: Depthwise tile widths (output pixels x one vector) worth trying, best first. Measured on AVX2 over
 #: EfficientNet-Lite0's 12 depthwise convs (2 threads, padding read in place): 7 pixels won 8, 8 won 3, 4 won 1.
 DEPTHWISE_WIDTHS = (7, 8, 4, 6)
-#: Depthwise convs read their padding in place by default (``inline_pad``). Measured on AVX2 over
-#: EfficientNet-Lite0's 12 depthwise convs (1 thread, 7-pixel tiles): 854 us summed against 1,219 us with the
-#: previous default (per-plane copies, per-row on the 112 x 112 maps); faster on every one of the 12.
-#: Dense tiles (pixels, vectors) worth trying, best first. Measured on AVX2 over EfficientNet-Lite0's 32
-#: convs: 4x3 won where the channel vectors divide by 3, else 6x2, else 14x1.
-DENSE_TILES = ((4, 3), (6, 2), (14, 1), (7, 2), (12, 1))
+# Depthwise convs read their padding in place by default (``inline_pad``). Measured on AVX2 over
+# EfficientNet-Lite0's 12 depthwise convs (1 thread, 7-pixel tiles): 854 us summed against 1,219 us with the
+# previous default (per-plane copies, per-row on the 112 x 112 maps); faster on every one of the 12.
+
+#: Dense tiles (pixels, vectors) worth trying, best first. Measured on AVX2 over EfficientNet-Lite0's 20 dense
+#: convs (2 threads): 4x3 won 5 and 4x2 won 13 (4x2 beat 6x2 on every conv, by up to 2x on the 32->16 conv at
+#: 112x112); the two 40-channel convs take 2x5 (1.6x faster than 14x1, which loads a broadcast per FMA).
+DENSE_TILES = ((4, 3), (4, 2), (2, 5), (6, 2), (14, 1), (7, 2), (12, 1))
 
 
 @dataclass(frozen=True)
