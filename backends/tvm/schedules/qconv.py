@@ -19,7 +19,7 @@ import tvm
 from tvm import s_tir, te, tirx
 
 from backends.tvm.schedules.qgemm import QKERNEL_ATTR, QGemmPlan
-from backends.tvm.schedules.quantize import round_half_even
+from backends.tvm.schedules.quantize import saturated_quantize
 
 PACK_KIND = "pack"
 """``cacc.qkernel`` value of the quantize-and-pack prologue."""
@@ -36,15 +36,12 @@ def quant_pack_func(
     """PrimFunc ``(x[channels, pixels] f32, packed[Np/nb, Kp/4, nb] u32)``."""
     nb = plan.nb
     x = te.placeholder((channels, pixels), "float32", name="x")
-    s = tirx.const(scale, "float32")
 
     def q(c: tirx.PrimExpr, p: tirx.PrimExpr) -> tirx.PrimExpr:
         # padded channels meet zero weights and padded pixels are never stored: clamped reads suffice
         cc = c if channels % 4 == 0 else tirx.min(c, channels - 1)
         pp = p if pixels % nb == 0 else tirx.min(p, pixels - 1)
-        v = round_half_even(x[cc, pp] / s) + tirx.const(float(zero), "float32")
-        v = tirx.max(tirx.min(v, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
-        return (v.astype("int32") + shift).astype("uint32")
+        return (saturated_quantize(x[cc, pp], scale, zero, qmin, qmax).astype("int32") + shift).astype("uint32")
 
     def pack(jo: tirx.Var, ko: tirx.Var, ji: tirx.Var) -> tirx.PrimExpr:
         p = jo * nb + ji
@@ -84,12 +81,10 @@ def blocked_operand_func(
     operand (``offset``: ``-zp`` for ``s16``, ``0`` or ``128`` for ``u8s8``)."""
     cb, h, w, b = shape
     x = te.placeholder((1, cb, h, w, b), "float32", name="x")
-    s = tirx.const(scale, "float32")
 
     def operand(p: tirx.Var, c: tirx.Var, lane: tirx.Var) -> tirx.PrimExpr:
         pp = tirx.min(p, h * w - 1)  # padding rows read a real pixel and store 0
-        v = round_half_even(x[0, c, pp // w, pp % w, lane] / s) + tirx.const(float(zero), "float32")
-        v = tirx.max(tirx.min(v, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
+        v = saturated_quantize(x[0, c, pp // w, pp % w, lane], scale, zero, qmin, qmax)
         q = (v.astype("int32") + offset).astype(dtype)
         return q if rows == h * w else tirx.if_then_else(p < h * w, q, tirx.const(0, dtype))
 

@@ -33,16 +33,17 @@ def round_half_even(v: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.round(v) if target is None or target.kind.name == "llvm" else tirx.nearbyint(v)
 
 
+def saturated_quantize(x: tirx.PrimExpr, scale: float, zero: int, qmin: int, qmax: int) -> tirx.PrimExpr:
+    """``QuantizeLinear`` of the fp32 ``x`` with constant ``scale`` / ``zero``, saturated to ``[qmin, qmax]``;
+    still fp32 (an integral value), for the caller to cast."""
+    v = round_half_even(x / tirx.const(scale, "float32")) + tirx.const(float(zero), "float32")
+    return tirx.max(tirx.min(v, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
+
+
 def quantize_func(n: int, scale: float, zero: int, qmin: int, qmax: int, dtype: str) -> tirx.PrimFunc:
     """PrimFunc ``(x[n] f32, y[n] dtype)``: per-tensor quantization with constant ``scale`` / ``zero``."""
     x = te.placeholder((n,), "float32", name="x")
-
-    def q(i: tirx.Var) -> tirx.PrimExpr:
-        v = round_half_even(x[i] / tirx.const(scale, "float32")) + tirx.const(float(zero), "float32")
-        v = tirx.max(tirx.min(v, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
-        return v.astype(dtype)
-
-    y = te.compute((n,), q, name="y")
+    y = te.compute((n,), lambda i: saturated_quantize(x[i], scale, zero, qmin, qmax).astype(dtype), name="y")
     return te.create_prim_func([x, y]).with_attr(QKERNEL_ATTR, QUANTIZE_KIND).with_attr("op_pattern", 8)
 
 
@@ -63,4 +64,4 @@ def schedule_quantize(func: tirx.PrimFunc) -> s_tir.Schedule:
     return sch
 
 
-__all__ = ["QUANTIZE_KIND", "quantize_func", "round_half_even", "schedule_quantize", "tvm"]
+__all__ = ["QUANTIZE_KIND", "quantize_func", "round_half_even", "saturated_quantize", "schedule_quantize", "tvm"]
