@@ -49,7 +49,10 @@ def _layer_summary(layers: list[LayerRecord]) -> list[str]:
         lines.append(f"    accuracy guard kept {len(guarded)} layer(s) in fp32 {detail}")
     costly = [r for r in layers if r.note.startswith("cost model")]  # compiler.cost.COST_NOTE
     if costly:
-        lines.append(f"    cost model kept {len(costly)} layer(s) in fp32 (integer kernel estimated not faster)")
+        stored = sum(1 for r in costly if r.weight_bits is not None)  # weight-only: float compute, low-bit weights
+        weights = f"; {stored} of them with quantized weights" if stored else ""
+        why = f"integer kernel estimated not faster{weights}"
+        lines.append(f"    cost model kept {len(costly)} layer(s) in float compute ({why})")
     diagnosed = [r for r in layers if r.error is not None]
     if diagnosed:
         worst = max(diagnosed, key=lambda r: r.error or 0.0)

@@ -548,6 +548,24 @@ class QuantizeInt8Pass(Pass):
         def quantize_one(m: ir.Model, layer: QuantLayer) -> None:
             quantize_layers(m, [layer], stats, opts, pass_name=self.name, weights=weights)
 
+        codes: dict[str, tuple[np.ndarray, QuantParams]] = {}
+
+        def weight_codes(layer: QuantLayer) -> tuple[np.ndarray, QuantParams]:
+            if layer.name not in codes:
+                if layer.name in hessians:  # GPTQ at full 8 bits (float compute has no range limit)
+                    if weights is not None and bits.get(layer.name) == 8:
+                        codes[layer.name] = weights[layer.name]
+                    else:
+                        codes[layer.name] = gptq_weight(layer, hessians[layer.name], 8, damp=opts.gptq_damp)
+                else:
+                    w = layer.weight_array()
+                    codes[layer.name] = quantize_weight(w, layer.out_axis, layer.reduce_axis, 8, symmetric=True)
+            return codes[layer.name]
+
+        def weight_only_one(m: ir.Model, layer: QuantLayer) -> None:
+            _weight_only(m, layer, weight_codes(layer), self.name, "", gptq=layer.name in hessians)
+
+        # float compute with int8 weights: per-layer overrides, and (kept_weights="int8") the cost check's layers
         plan = plan_quantization(
             model,
             layers,
@@ -559,23 +577,15 @@ class QuantizeInt8Pass(Pass):
             diagnose=opts.diagnose,
             tolerance=opts.tolerance,
             samples=opts.diagnosis_samples,
+            weight_only_one=weight_only_one,
+            weight_only=[(la, WEIGHT_ONLY_OVERRIDE_NOTE) for la in override_wo],
+            cost_kept_weight_only=opts.kept_weights == "int8",
         )
         moved = _requantize_for_ort(plan, opts) if target == "onnx" and opts.quantize_outputs else set()
-        # float compute with int8 weights: per-layer overrides, and (kept_weights="int8") the cost check's layers
-        weight_only = {la.name: (la, WEIGHT_ONLY_OVERRIDE_NOTE) for la in override_wo}
-        if opts.kept_weights == "int8":
-            weight_only.update((la.name, (la, note)) for la, note in plan.kept if note.startswith(COST_NOTE))
-        plan.kept = [(la, note) for la, note in plan.kept if la.name not in weight_only]
-        kept = [r for r in kept if r.node not in weight_only]
+        weight_only = {la.name: (la, note) for la, note in plan.weight_only}
+        kept = [r for r in kept if r.node not in {la.name for la in override_wo}]  # recorded from the plan
         sites = bias_sites([*plan.quantize, *(la for la, _ in weight_only.values())]) if opts.bias_correction else {}
         means = float_channel_means(model, sites, bc_feeds) if sites else {}
-
-        def weight_codes(layer: QuantLayer) -> tuple[np.ndarray, QuantParams]:
-            if layer.name in hessians:  # GPTQ at full 8 bits (float compute has no range limit)
-                if weights is not None and bits.get(layer.name) == 8:
-                    return weights[layer.name]
-                return gptq_weight(layer, hessians[layer.name], 8, damp=opts.gptq_damp)
-            return quantize_weight(layer.weight_array(), layer.out_axis, layer.reduce_axis, 8, symmetric=True)
 
         records = [
             _weight_only(model, layer, weight_codes(layer), self.name, note, gptq=layer.name in hessians)
@@ -612,24 +622,27 @@ ORT_WEIGHT_NOTE = (
 
 
 def _requantize_for_ort(plan: QuantPlan, opts: Int8Options) -> set[str]:
-    """On the onnx target, move to ``plan.quantize`` the Conv / Gemm layers kept in float by the cost model
-    whose data input is a quantized activation: ONNX Runtime's ``WeightBiasQuantization`` turns a float-weight
-    Conv / Gemm fed by a per-tensor ``DequantizeLinear`` into an integer one with a *per-tensor* int8 weight,
-    which is much worse than this pass's per-channel weights (BN-folded depthwise convs in particular)."""
+    """On the onnx target, move to ``plan.quantize`` the Conv / Gemm layers kept in float (or weight-only) by
+    the cost model whose data input is a quantized activation: ONNX Runtime's ``WeightBiasQuantization`` turns
+    a float-weight Conv / Gemm fed by a per-tensor ``DequantizeLinear`` into an integer one with a *per-tensor*
+    int8 weight, which is much worse than this pass's per-channel weights (BN-folded depthwise convs in
+    particular)."""
     dequantized = set(plan_sites(plan.quantize, opts))
-    moved = []
-    for layer, note in plan.kept:
+
+    def moves(layer: QuantLayer, note: str) -> bool:
         x = layer.activation
-        if (
+        return (
             note.startswith(COST_NOTE)
             and layer.op_type in ("Conv", "Gemm")
             and x is not None
             and x.name in dequantized
             and layer_settings(layer.name, opts) is not None
-        ):
-            moved.append(layer)
+        )
+
+    moved = [layer for layer, note in [*plan.kept, *plan.weight_only] if moves(layer, note)]
     if moved:
         plan.kept = [(layer, note) for layer, note in plan.kept if layer not in moved]
+        plan.weight_only = [(layer, note) for layer, note in plan.weight_only if layer not in moved]
         plan.quantize = [*plan.quantize, *moved]
     return {layer.name for layer in moved}
 

@@ -148,11 +148,13 @@ def test_time_rows_rotates_engines_over_rounds_and_keeps_skipped_rows() -> None:
 
 
 def test_recipes_efficientnet_full_8bit_weights_only_on_x86() -> None:
-    """x86's kernels stay exact with full 8-bit weights (s16); ORT's u8s8 kernels would saturate with them."""
+    """x86's kernels stay exact with full 8-bit weights (s16); ORT's u8s8 kernels would saturate with them. On x86
+    the float layers store int8 weights."""
     _, x86 = benchmark.quant_recipe("int8", "efficientnet_lite0", "x86")
     _, onnx = benchmark.quant_recipe("int8", "efficientnet_lite0", "onnx")
     assert x86["quantize_int8"]["reduce_range"] is False and "reduce_range" not in onnx["quantize_int8"]
-    assert set(x86["quantize_int8"]["layers"].values()) == {"fp32"} and "layers" not in onnx["quantize_int8"]
+    assert set(x86["quantize_int8"]["layers"].values()) == {"weight_only"} and "layers" not in onnx["quantize_int8"]
+    assert x86["quantize_int8"]["kept_weights"] == "int8" and "kept_weights" not in onnx["quantize_int8"]
     for opts in (x86, onnx):
         assert opts["quantize_int8"]["weight_rounding"] == "gptq" and opts["quantize_int8"]["bias_correction"]
     assert "reduce_range" not in benchmark.QUANT_RECIPES["int8"]["efficientnet_lite0"][1]["quantize_int8"]

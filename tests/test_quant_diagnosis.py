@@ -181,7 +181,8 @@ def test_conv_layers() -> None:
     assert all(0 < e8 < e4 for e4, e8 in zip(errs4, errs8))  # int8 is closer than int4 on every layer
 
 
-def test_plan_quantization_combines_cost_check_diagnosis_and_guard() -> None:
+def _cost_model() -> tuple[ir.Model, list[dict[str, np.ndarray]]]:
+    """A 3x3 depthwise conv (kept in float by the x86 cost check), then two 1x1 convs; and 6 feeds."""
     rng = np.random.default_rng(5)
     inits: list[np.ndarray | tuple[str, np.ndarray]] = [
         ("w_dw", rng.standard_normal((256, 1, 3, 3)).astype(np.float32)),
@@ -199,6 +200,11 @@ def test_plan_quantization_combines_cost_check_diagnosis_and_guard() -> None:
     model = to_ir(make_model(nodes, [tensor("x", [1, 256, 14, 14])], [tensor("y", [1, 256, 14, 14])], inits))
     infer_shapes(model)
     feeds = [{"x": rng.standard_normal((1, 256, 14, 14)).astype(np.float32)} for _ in range(6)]
+    return model, feeds
+
+
+def test_plan_quantization_combines_cost_check_diagnosis_and_guard() -> None:
+    model, feeds = _cost_model()
     layers = find_layers(model)
     plain = plan_quantization(model, layers, rtn(4), feeds, target="x86")
     assert [ly.name for ly in plain.quantize] == ["pw", "pw2"]
@@ -214,6 +220,36 @@ def test_plan_quantization_combines_cost_check_diagnosis_and_guard() -> None:
     assert guarded.guard.error <= guarded.guard.tolerance < guarded.guard.full_error
 
 
+def test_plan_quantization_diagnoses_and_guards_weight_only_layers() -> None:
+    """cost_kept_weight_only: the layer the cost check keeps in float compute becomes weight-only; its error is
+    measured with its weights rounded (weight_only_one), and the guard can return it to fp32 like any other."""
+    model, feeds = _cost_model()
+    layers = find_layers(model)
+    with pytest.raises(PassError, match="weight-only layers need a weight_only_one rewrite"):
+        plan_quantization(model, layers, rtn(8), feeds, target="x86", cost_kept_weight_only=True)
+    plain = plan_quantization(
+        model, layers, rtn(8), feeds, target="x86", weight_only_one=rtn(2), cost_kept_weight_only=True
+    )
+    assert [(ly.name, note.split(":")[0]) for ly, note in plain.weight_only] == [("dw", "cost model")]
+    assert plain.kept == [] and [ly.name for ly in plain.quantize] == ["pw", "pw2"]
+
+    kw = {"target": "x86", "weight_only_one": rtn(2), "cost_kept_weight_only": True, "samples": 2}
+    diagnosed = plan_quantization(model, layers, rtn(8), feeds, diagnose=True, **kw)
+    assert sorted(diagnosed.errors) == ["dw", "pw", "pw2"]
+    # dw's error is that of its 2-bit weights (the weight-only rewrite), not of the 8-bit quantize_one
+    [dw] = [ly for ly in layers if ly.name == "dw"]
+    assert diagnosed.errors["dw"] == pytest.approx(layer_errors(model, [dw], rtn(2), feeds[:2])[0])
+    assert diagnosed.errors["dw"] > 10 * layer_errors(model, [dw], rtn(8), feeds[:2])[0]
+    assert diagnosed.errors["pw2"] > diagnosed.errors["dw"] > 10 * diagnosed.errors["pw"]  # pw2: outlier weights
+
+    tolerance = 3 * diagnosed.errors["pw"]  # met once pw2 and the weight-only dw keep fp32 weights
+    guarded = plan_quantization(model, layers, rtn(8), feeds, tolerance=tolerance, **kw)
+    assert guarded.guard is not None and guarded.guard.kept_names == ["pw2", "dw"]
+    assert guarded.weight_only == [] and [ly.name for ly in guarded.quantize] == ["pw"]
+    assert [(ly.name, note) for ly, note in guarded.kept] == [("pw2", guarded.guard.note), ("dw", guarded.guard.note)]
+    assert guarded.guard.error <= tolerance
+
+
 def test_report_summarizes_guard_cost_model_and_diagnosis() -> None:
     from compiler.cost import LayerShape, integer_kernel_pays_off
     from compiler.report import Report
@@ -227,10 +263,11 @@ def test_report_summarizes_guard_cost_model_and_diagnosis() -> None:
         LayerRecord("a", "MatMul", "quantize_int8", "int8 static", 8, 8, 400, 100, error=0.002),
         LayerRecord("b", "MatMul", "quantize_int8", "kept fp32", bytes_before=400, error=0.02, note=guard.note),
         LayerRecord("dw", "Conv", "quantize_int8", "kept fp32", bytes_before=40, note=reason),
+        LayerRecord("dw2", "Conv", "quantize_int8", "int8 weight-only", 8, None, 40, 14, note=reason),
     ]
     text = str(Report(model="m", target="x86", layers=records))
     assert "accuracy guard kept 1 layer(s) in fp32 (model error 0.008 <= 0.01, all quantized 0.031)" in text
-    assert "cost model kept 1 layer(s) in fp32" in text
+    assert "cost model kept 2 layer(s) in float compute (integer kernel estimated not faster; 1 of them with" in text
     assert "largest single-layer error: b 0.02" in text
     assert "depthwise conv: no integer dot-product speedup" in text  # the layer's own note
 

@@ -439,6 +439,37 @@ def test_kept_weights_int8_stores_cost_kept_layers_weight_only(rounding: str) ->
         np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-4)
 
 
+def test_kept_weights_int8_layers_are_diagnosed_and_guarded() -> None:
+    """With kept_weights="int8" the diagnosis measures each weight-only layer's error (its weights rounded, float
+    compute), and the accuracy guard can return a weight-only layer to fp32 weights like a quantized one."""
+    feeds = [{k: v.astype(np.float32) for k, v in f.items()} for f in _cost_feeds(2)]
+    options = {"kept_weights": "int8", "diagnose": True}
+    model = to_ir(_cost_model())
+    pass_ = QuantizeInt8Pass(PassContext(calibration=feeds, target="x86", options={"quantize_int8": options}))
+    pass_(model)
+    records = {r.node: r for r in pass_.context.layers}
+    _weight_only_checks(model, records, ("dw", "tiny"))
+    # dw feeds only img_out: its diagnosed error is img_out's relative error in the finished model
+    reference = [{"img_out": run(to_ir(_cost_model()), f)["img_out"]} for f in feeds]
+    finished = [{"img_out": run(model, f)["img_out"]} for f in feeds]
+    assert records["dw"].error == pytest.approx(relative_error(reference, finished), rel=1e-4)
+    errors = {name: records[name].error or 0.0 for name in ("dw", "big", "tiny")}
+    assert errors["big"] > errors["tiny"] > errors["dw"] > 0, errors
+
+    # between dw's and tiny's errors: keeping big alone leaves tiny's, keeping big and tiny leaves dw's
+    tolerance = (errors["dw"] + errors["tiny"]) / 2
+    model = to_ir(_cost_model())
+    options = {"kept_weights": "int8", "tolerance": tolerance}
+    pass_ = QuantizeInt8Pass(PassContext(calibration=feeds, target="x86", options={"quantize_int8": options}))
+    pass_(model)
+    records = {r.node: r for r in pass_.context.layers}
+    for name in ("big", "tiny"):
+        assert records[name].action == "kept fp32" and records[name].note.startswith(GUARD_NOTE), records[name]
+    [tiny] = [n for n in model.graph if n.name == "tiny"]
+    assert tiny.inputs[1] is not None and tiny.inputs[1].const_value is not None  # fp32 weights again
+    _weight_only_checks(model, records, ("dw",))
+
+
 def test_weight_only_override() -> None:
     """A "weight_only" override: int8 weights and float compute for the matching layer, the rest as usual."""
     model = to_ir(_cnn())
@@ -465,7 +496,7 @@ def test_report_shows_guard_cost_and_worst_layer_lines() -> None:
     assert records["fc2"].note.startswith(GUARD_NOTE) and records["fc3"].note.startswith(COST_NOTE), records
     text = str(cm.report)
     assert "accuracy guard kept 1 layer(s) in fp32 (model error" in text, text
-    assert "cost model kept 1 layer(s) in fp32" in text, text
+    assert "cost model kept 1 layer(s) in float compute (integer kernel estimated not faster)" in text, text
     assert "largest single-layer error: fc2" in text, text
 
 

@@ -90,11 +90,19 @@ _EFFNET_EARLY_POINTWISE = [f"node_Conv_{i}" for i in (799, 801, 804, 806, 809, 8
 TARGET_OPTIONS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
     # Full 8-bit weights where cacc's kernels stay exact with them (x86: the s16 kernel, ~15% slower than 7-bit
     # u8s8), not for ORT, whose u8s8 kernels would saturate: top-1 agreement 0.987-0.991 over repeated runs
-    # against 0.969-0.982 with 7-bit weights (all 224 crops). The early 1x1 convs stay in float: as int8 they
+    # against 0.969-0.982 with 7-bit weights (all 224 crops). The early 1x1 convs compute in float: as int8 they
     # measured no faster in the whole model (10.63 vs 10.69 ms on one thread; their maps are large, so the
     # quantize and layout passes eat the kernel's gain) and cost a crop of agreement (0.987 vs 0.991).
+    # Every float layer stores int8 weights (3.40x -> 3.90x smaller) but for those the accuracy guard returns
+    # to fp32 (the first depthwise conv, 288 weights: all quantized 0.0385 -> 0.0311 on the guard's 4 samples);
+    # over 896 extra crops the relative logit error goes 0.0266 -> 0.0318 and agreement 0.978 -> 0.975.
     ("int8", "efficientnet_lite0", "x86"): {
-        "quantize_int8": {"reduce_range": False, "layers": dict.fromkeys(_EFFNET_EARLY_POINTWISE, "fp32")}
+        "quantize_int8": {
+            "reduce_range": False,
+            "kept_weights": "int8",
+            "tolerance": 0.034,
+            "layers": dict.fromkeys(_EFFNET_EARLY_POINTWISE, "weight_only"),
+        }
     },
 }
 

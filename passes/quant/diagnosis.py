@@ -290,13 +290,15 @@ def accuracy_guard(
 
 @dataclass
 class QuantPlan:
-    """Which layers a quantization pass should quantize, which it keeps in float and why, and the
-    diagnosed error of each (by layer name; empty unless diagnosis or the guard ran)."""
+    """Which layers a quantization pass should quantize, which get int8 weights with float compute
+    (weight-only), which it keeps in float and why, and the diagnosed error of each (by layer name;
+    empty unless diagnosis or the guard ran)."""
 
     quantize: list[QuantLayer]
     kept: list[tuple[QuantLayer, str]]  #: (layer, note for its LayerRecord)
     errors: dict[str, float] = field(default_factory=dict)
     guard: GuardResult | None = None
+    weight_only: list[tuple[QuantLayer, str]] = field(default_factory=list)  #: (layer, note)
 
 
 def plan_quantization(
@@ -312,14 +314,22 @@ def plan_quantization(
     diagnose: bool = False,
     tolerance: float | None = None,
     samples: int = DIAGNOSIS_SAMPLES,
+    weight_only_one: QuantizeOne | None = None,
+    weight_only: Sequence[tuple[QuantLayer, str]] = (),
+    cost_kept_weight_only: bool = False,
 ) -> QuantPlan:
     """The decisions a quantization pass takes before rewriting: (1) with ``cost_check``, layers whose
     integer kernel is not estimated faster on ``target`` stay in float
-    (:func:`compiler.cost.integer_kernel_pays_off`); (2) with ``diagnose`` or a ``tolerance``, every
-    remaining layer's :func:`layer_errors` on the first ``samples`` of ``feeds``; (3) with a
-    ``tolerance``, :func:`accuracy_guard` keeps the worst layers in float. ``model`` is not changed."""
+    (:func:`compiler.cost.integer_kernel_pays_off`), in fp32 or, with ``cost_kept_weight_only``, as
+    weight-only layers (low-bit weights, float compute: ``weight_only_one`` rewrites one layer so); (2) with
+    ``diagnose`` or a ``tolerance``, the :func:`layer_errors` of every layer to be quantized and of every
+    weight-only one (those and the given ``weight_only`` layers, with their record notes); (3) with a
+    ``tolerance``, :func:`accuracy_guard` keeps the worst layers, quantized or weight-only, in fp32. ``model``
+    is not changed."""
     from compiler.cost import integer_kernel_pays_off
 
+    if (weight_only or cost_kept_weight_only) and weight_only_one is None:
+        raise PassError("weight-only layers need a weight_only_one rewrite")
     quantize: list[QuantLayer] = []
     kept: list[tuple[QuantLayer, str]] = []
     for layer in layers:
@@ -337,18 +347,31 @@ def plan_quantization(
             quantize.append(layer)
         else:
             kept.append((layer, reason))
-    plan = QuantPlan(quantize, kept)
-    if not (diagnose or tolerance is not None) or not quantize:
+    plan = QuantPlan(quantize, kept, weight_only=list(weight_only))
+    if cost_kept_weight_only:
+        plan.weight_only += kept
+        plan.kept = []
+    candidates = [*plan.quantize, *(layer for layer, _ in plan.weight_only)]
+    if not (diagnose or tolerance is not None) or not candidates:
         return plan
     if samples < 1:
         raise PassError(f"diagnosis needs at least 1 sample, got {samples}")
     feeds = list(feeds)[:samples]
     ref = FloatReference(model, feeds)
-    errors = layer_errors(model, quantize, quantize_one, feeds, reference=ref)
-    plan.errors = {layer.name: e for layer, e in zip(quantize, errors)}
+    weight_only_names = {layer.name for layer, _ in plan.weight_only}
+
+    def rewrite_one(m: ir.Model, layer: QuantLayer) -> None:
+        if layer.name in weight_only_names:
+            weight_only_one(m, layer)  # type: ignore[misc]  # not None: weight_only_names is empty otherwise
+        else:
+            quantize_one(m, layer)
+
+    errors = layer_errors(model, candidates, rewrite_one, feeds, reference=ref)
+    plan.errors = {layer.name: e for layer, e in zip(candidates, errors)}
     if tolerance is not None:
-        plan.guard = accuracy_guard(model, quantize, quantize_one, feeds, tolerance, errors=errors, reference=ref)
-        guarded = {id(layer) for layer in plan.guard.kept}
-        plan.quantize = [layer for layer in quantize if id(layer) not in guarded]
+        plan.guard = accuracy_guard(model, candidates, rewrite_one, feeds, tolerance, errors=errors, reference=ref)
+        guarded = {layer.name for layer in plan.guard.kept}
+        plan.quantize = [layer for layer in plan.quantize if layer.name not in guarded]
+        plan.weight_only = [(layer, note) for layer, note in plan.weight_only if layer.name not in guarded]
         plan.kept += [(layer, plan.guard.note) for layer in plan.guard.kept]
     return plan
