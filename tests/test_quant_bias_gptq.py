@@ -200,11 +200,14 @@ def test_onnx_target_quantizes_float_convs_that_ort_would_quantize_per_tensor() 
     proto = make_model(nodes, [tensor("x", [1, c, s, s])], [tensor("y", [1, c, s, s])], [("pw", pw), ("dw", dw)])
     calib = [{"x": rng.standard_normal((1, c, s, s)).astype(np.float32)} for _ in range(2)]
     records = {}
-    for target in ("onnx", "x86"):
-        ctx = PassContext(calibration=calib, target=target)
+    for target, kept_weights in (("onnx", "fp32"), ("x86", "fp32"), ("onnx", "int8"), ("x86", "int8")):
+        ctx = PassContext(calibration=calib, target=target, options={"quantize_int8": {"kept_weights": kept_weights}})
         QuantizeInt8Pass(ctx)(to_ir(proto))
-        records[target] = {r.node: r for r in ctx.layers}
-    assert records["onnx"]["pw1"].weight_bits == 8
-    dw_onnx = records["onnx"]["dw"]
-    assert dw_onnx.weight_bits == 8 and "WeightBiasQuantization" in dw_onnx.note, dw_onnx
-    assert records["x86"]["dw"].action == "kept fp32" and "depthwise" in records["x86"]["dw"].note
+        records[target, kept_weights] = {r.node: r for r in ctx.layers}
+    for kept_weights in ("fp32", "int8"):  # with kept_weights="int8" too, where it would otherwise be weight-only
+        assert records["onnx", kept_weights]["pw1"].weight_bits == 8
+        dw_onnx = records["onnx", kept_weights]["dw"]
+        assert (dw_onnx.weight_bits, dw_onnx.activation_bits) == (8, 8), dw_onnx
+        assert "WeightBiasQuantization" in dw_onnx.note, dw_onnx
+    assert records["x86", "fp32"]["dw"].action == "kept fp32" and "depthwise" in records["x86", "fp32"]["dw"].note
+    assert records["x86", "int8"]["dw"].action.startswith("int8 weight-only"), records["x86", "int8"]["dw"]
