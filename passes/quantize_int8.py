@@ -582,14 +582,14 @@ class QuantizeInt8Pass(Pass):
             cost_kept_weight_only=opts.kept_weights == "int8",
         )
         moved = _requantize_for_ort(plan, opts) if target == "onnx" and opts.quantize_outputs else set()
-        weight_only = {la.name: (la, note) for la, note in plan.weight_only}
-        kept = [r for r in kept if r.node not in {la.name for la in override_wo}]  # recorded from the plan
-        sites = bias_sites([*plan.quantize, *(la for la, _ in weight_only.values())]) if opts.bias_correction else {}
+        overridden = {la.name for la in override_wo}
+        kept = [r for r in kept if r.node not in overridden]  # recorded from the plan
+        sites = bias_sites([*plan.quantize, *(la for la, _ in plan.weight_only)]) if opts.bias_correction else {}
         means = float_channel_means(model, sites, bc_feeds) if sites else {}
 
         records = [
             _weight_only(model, layer, weight_codes(layer), self.name, note, gptq=layer.name in hessians)
-            for layer, note in weight_only.values()
+            for layer, note in plan.weight_only
         ]
         records += quantize_layers(model, plan.quantize, stats, opts, pass_name=self.name, weights=weights)
         for record in records:
