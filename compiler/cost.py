@@ -22,8 +22,10 @@ installed) refines the estimate; it is stored as JSON, never pickled.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,6 +73,13 @@ class TargetCosts:
     #: activations per second of the standalone per-tensor quantize kernel (fp32 in, int8 out); ``None``: a
     #: stream of 5 bytes per element at ``bandwidth_gbs``
     quantize_gelems: float | None = None
+
+
+#: int8 throughput on x86 CPUs with VNNI (``vpdpbusd``: four u8 x s8 products summed in int32, exact for any
+#: weight, so full-range weights need no slower kernel). Measured on a 2-core Xeon with AVX-512 VNNI
+#: (tools/profile_kernels.py, 2 threads): EfficientNet-Lite0's channel-blocked 1x1 convs 570-770 GOP/s against
+#: 360-410 for the s16 kernel and 155-210 GFLOP/s fp32 on the same machine; scaled to this table's fp32 figure.
+X86_VNNI_INT8_GOPS = 450.0
 
 
 TARGETS: dict[str, TargetCosts] = {
@@ -264,12 +273,34 @@ def layer_shape(layer: ir.Node | _HasNode) -> LayerShape | None:
     return None
 
 
+@functools.cache
+def host_has_vnni() -> bool:
+    """Whether this machine is x86 with AVX-VNNI or AVX-512 VNNI + VL (Linux ``/proc/cpuinfo``; False elsewhere)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx_vnni" in flags or ("avx512_vnni" in flags and "avx512vl" in flags)
+
+
+def host_costs(target: str) -> TargetCosts:
+    """``target``'s costs on this machine: the table's, with the VNNI int8 throughput for x86 on a VNNI CPU (the x86
+    target compiles for the host)."""
+    t = TARGETS[target]
+    if target == "x86" and host_has_vnni():
+        return replace(t, int8_gops=X86_VNNI_INT8_GOPS, int8_full_gops=None, source=t.source + "; VNNI int8 kernel")
+    return t
+
+
 def _target(target: str | TargetCosts) -> TargetCosts:
     if isinstance(target, TargetCosts):
         return target
     if target not in TARGETS:
         raise CompilerError(f"no cost model for target '{target}'; known: {', '.join(sorted(TARGETS))}")
-    return TARGETS[target]
+    return host_costs(target)
 
 
 def _padded_flops(shape: LayerShape, tile: tuple[int, int, int]) -> float:

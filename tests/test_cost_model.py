@@ -11,6 +11,7 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
+from compiler import cost
 from compiler.cost import (
     TARGETS,
     CostCorrection,
@@ -84,11 +85,25 @@ def test_faster_int8_kernels_make_more_layers_pay_off() -> None:
 def test_full_range_8bit_weights_cost_the_slower_kernel_only_where_the_target_has_one() -> None:
     """x86 AVX2 runs 7-bit weights on vpmaddubsw and full-range 8-bit ones on the s16 kernel (lower
     throughput, an int16 activation copy); ORT's cost does not depend on the weight range."""
-    x86 = TARGETS["x86"]
+    x86 = TARGETS["x86"]  # the AVX2 table (a VNNI host's "x86" costs differ, see below)
     assert x86.int8_full_gops is not None and x86.int8_full_gops < x86.int8_gops
-    assert layer_cost(MINILM_FFN, 8, 8, "x86") > layer_cost(MINILM_FFN, 7, 8, "x86")
+    assert layer_cost(MINILM_FFN, 8, 8, x86) > layer_cost(MINILM_FFN, 7, 8, x86)
     assert layer_cost(MINILM_FFN, 8, 8, "onnx") == layer_cost(MINILM_FFN, 7, 8, "onnx")
-    assert "w7a8 est." in integer_kernel_pays_off(MINILM_FFN, "x86", weight_bits=7)[1]
+    assert "w7a8 est." in integer_kernel_pays_off(MINILM_FFN, x86, weight_bits=7)[1]
+
+
+@pytest.mark.parametrize("vnni", [False, True])
+def test_x86_costs_follow_the_hosts_vnni(monkeypatch: pytest.MonkeyPatch, vnni: bool) -> None:
+    """On a VNNI CPU (vpdpbusd, exact for any weight) the x86 target's int8 kernels are faster and full-range
+    weights cost what 7-bit ones do; without VNNI the AVX2 table applies."""
+    monkeypatch.setattr(cost, "host_has_vnni", lambda: vnni)
+    costs = cost.host_costs("x86")
+    assert (costs == TARGETS["x86"]) is not vnni
+    full, seven = layer_cost(MINILM_FFN, 8, 8, "x86"), layer_cost(MINILM_FFN, 7, 8, "x86")
+    assert (full == seven) is vnni and full >= seven
+    if vnni:
+        assert costs.int8_full_gops is None and costs.int8_gops > TARGETS["x86"].int8_gops
+        assert layer_cost(MINILM_FFN, 8, 8, "x86") < layer_cost(MINILM_FFN, 8, 8, TARGETS["x86"])
 
 
 def test_targets_without_a_model_and_unknown_shapes() -> None:

@@ -72,8 +72,10 @@ def test_default_pipeline_in_debug_mode() -> None:
     assert [r.name for r in result.records] == DEFAULT_PIPELINE
     assert result.applied == ["fold_constants", "remove_identity", "fold_batchnorm", "fuse_bias_activation"]
     assert dict(op_histogram(result.model)) == {"cacc::FusedConv": 1, "Reshape": 1, "cacc::FusedMatMul": 1}
+    # max_error is absolute: within float rounding of the outputs' magnitude (BLAS kernels differ between CPUs)
+    scale = max(1.0, *(float(np.abs(o).max()) for o in ort_run(before, feeds).values()))
     for r in result.records:
-        assert r.max_error is None or r.max_error <= 1e-5
+        assert r.max_error is None or r.max_error <= 1e-6 * scale
     assert result.records[-1].nodes_after == 3
     assert_same_numerics(before, result.model, feeds)
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+import tvm
 from onnx import TensorProto, helper
 
 from backends.tvm.lowering.qmatmul import integer_kernels
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.runtime import build
-from backends.tvm.schedules.qgemm import QKERNEL_ATTR, plan_qgemm, row_block_tiles, u8s8_pairing
+from backends.tvm.schedules.qgemm import (
+    QKERNEL_ATTR,
+    has_vnni,
+    plan_qgemm,
+    row_block_tiles,
+    schedule_qgemm,
+    u8s8_pairing,
+)
 from backends.tvm.schedules.quantize import QUANTIZE_KIND
 from backends.tvm.target import host_target
 from compiler.errors import BackendError
@@ -18,15 +26,24 @@ from compiler.ir import infer_shapes, run
 from tests.helpers import arm_unavailable, make_model, tensor, to_ir
 
 U8, I8, F = TensorProto.UINT8, TensorProto.INT8, TensorProto.FLOAT
+#: The kernel choices below are the AVX2 ones (s16 where vpmaddubsw could saturate): pinned to an AVX2 CPU without
+#: VNNI so that they hold on any x86 host with AVX2 (a VNNI host would take the u8s8 kernels for every weight)
+AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+#: An AVX-VNNI CPU (256-bit vpdpbusd), for the VNNI kernel choices
+VNNI = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake", "num-cores": 2})
+HOST_HAS_VNNI = has_vnni(host_target())
 
 
 def _model(nodes: list, inputs: list, outputs: list, inits: list) -> ir.Model:
     return infer_shapes(to_ir(make_model(nodes, inputs, outputs, inits, opset=21, extra_opsets={"cacc": 1})))
 
 
-def _check(model: ir.Model, feeds: dict[str, np.ndarray], rtol: float = 1e-5) -> list[np.ndarray]:
-    """Build for the host, compare every output with the reference interpreter; returns the outputs."""
-    got = build(model, num_threads=2).run(feeds)
+def _check(
+    model: ir.Model, feeds: dict[str, np.ndarray], rtol: float = 1e-5, target: tvm.target.Target = AVX2
+) -> list[np.ndarray]:
+    """Build for ``target`` (AVX2; run here), compare every output with the reference interpreter; returns the
+    outputs."""
+    got = build(model, target, num_threads=2).run(feeds)
     ref = run(model, feeds)
     for value, g in zip(model.graph.outputs, got, strict=True):
         r = ref[value.name or ""]
@@ -38,13 +55,14 @@ def _check(model: ir.Model, feeds: dict[str, np.ndarray], rtol: float = 1e-5) ->
     return got
 
 
-def _qkernels(model: ir.Model) -> list[str]:
-    """The integer GEMM kinds (and conv packing prologues) in the emitted module, one per kernel."""
-    return [k for k in _all_qkernels(model) if k != QUANTIZE_KIND]
+def _qkernels(model: ir.Model, target: tvm.target.Target = AVX2) -> list[str]:
+    """The integer GEMM kinds (and conv packing prologues) in the module emitted for ``target``, one per kernel."""
+    return [k for k in _all_qkernels(model, target) if k != QUANTIZE_KIND]
 
 
-def _all_qkernels(model: ir.Model) -> list[str]:
-    mod = emit_relax(model)
+def _all_qkernels(model: ir.Model, target: tvm.target.Target = AVX2) -> list[str]:
+    with target:
+        mod = emit_relax(model)
     return sorted(str(f.attrs[QKERNEL_ATTR]) for _, f in mod.functions_items() if f.attrs and QKERNEL_ATTR in f.attrs)
 
 
@@ -214,8 +232,8 @@ def test_integer_and_dequantize_fallback_paths_agree() -> None:
     x = np.random.default_rng(6).standard_normal((7, 37)).astype(np.float32)
     with integer_kernels(False):
         assert _qkernels(model) == []
-        fallback = build(model, num_threads=2).run({"x": x})
-    integer = build(model, num_threads=2).run({"x": x})
+        fallback = build(model, AVX2, num_threads=2).run({"x": x})
+    integer = build(model, AVX2, num_threads=2).run({"x": x})
     for f, i in zip(fallback, integer, strict=True):
         np.testing.assert_allclose(i, f, rtol=2e-5, atol=2e-5 * float(np.abs(f).max()))
 
@@ -367,7 +385,8 @@ def test_quantized_pointwise_conv_on_channel_blocked_activations(act_dtype: int,
     model = _blocked_quant_chain(act_dtype, amax)
     wq = next(v for v in model.graph.initializers.values() if v.name == "wq").const_value.numpy()
     assert np.abs(wq).max() == amax
-    script = emit_relax(model)["main"].script()
+    with AVX2:
+        script = emit_relax(model)["main"].script()
     assert f"cacc_qconv1x1_blocked_{kind}" in script and "cacc_depthwise_conv2d_nchwc" in script
     kinds = _all_qkernels(model)
     assert [k for k in kinds if k not in ("pack", QUANTIZE_KIND)] == ["blocked_operand", kind]
@@ -382,6 +401,53 @@ def test_pointwise_conv_without_exact_pairing_stays_float() -> None:
     model = _quant_convs(1, U8, amax=127)
     assert _qkernels(model) == []
     _check(model, {"x": np.random.default_rng(13).standard_normal((1, 13, 5, 7)).astype(np.float32)}, rtol=2e-5)
+
+
+# ---------------------------------------------------------------- VNNI (vpdpbusd)
+
+
+def _asm(model: ir.Model, target: tvm.target.Target) -> str:
+    """The x86 assembly of ``model`` built for ``target`` (compiled here whatever the host CPU)."""
+    from backends.tvm.runtime import cpu_pipeline
+
+    with target:
+        mod = emit_relax(model)
+    ex = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target))
+    return "\n".join(m.inspect_source("s") for m in ex.mod.imports if m.kind == "llvm")
+
+
+@pytest.mark.parametrize(
+    ("model", "kinds"),
+    [
+        (lambda: _quant_mlp(127), ["u8s8", "u8s8", "u8s8"]),  # full-range weights: no s16 kernel
+        (lambda: _quant_convs(1, U8, amax=127), ["pack", "s8u8", "s8u8"]),  # no saturating pair keeps them float
+        (lambda: _blocked_quant_chain(I8, 127), ["blocked_operand", "u8s8"]),
+    ],
+)
+def test_vnni_targets_run_full_range_int8_weights_on_vpdpbusd(model: object, kinds: list[str]) -> None:
+    """On a CPU with VNNI every int8 weight takes the byte kernels (``vpdpbusd`` sums four u8 x s8 products in
+    int32: exact where ``vpmaddubsw`` saturates) and the code holds ``vpdpbusd``, no ``vpmaddubsw``; on a VNNI
+    host the results match the reference interpreter."""
+    m = model()  # type: ignore[operator]
+    assert [k for k in _qkernels(m, VNNI) if k != QUANTIZE_KIND] == kinds
+    asm = _asm(m, VNNI)
+    assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
+    if HOST_HAS_VNNI:
+        x_shape = [int(d) for d in m.graph.inputs[0].shape]  # type: ignore[union-attr]
+        x = np.random.default_rng(15).standard_normal(x_shape).astype(np.float32) * 2
+        _check(m, {"x": x}, rtol=2e-5, target=VNNI)
+
+
+def test_kernel_emitted_for_vnni_refuses_a_target_without_it() -> None:
+    """A byte kernel whose weight pairs rely on vpdpbusd, scheduled for an AVX2 CPU without VNNI, is a typed
+    error (vpmaddubsw would saturate and silently change the result), not wrong output."""
+    with VNNI:
+        mod = emit_relax(_quant_mlp(127))
+    funcs = [f for _, f in mod.functions_items() if f.attrs and f.attrs.get(QKERNEL_ATTR) == "u8s8"]
+    assert funcs
+    with pytest.raises(BackendError, match="VNNI"):
+        schedule_qgemm(funcs[0], AVX2)
+    schedule_qgemm(funcs[0], VNNI)  # its own target schedules it
 
 
 # ---------------------------------------------------------------- other targets

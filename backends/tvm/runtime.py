@@ -177,7 +177,8 @@ def build(
     """
     tgt = resolve_target(target, num_threads)
     t0 = time.perf_counter()
-    mod = emit_relax(model)
+    with tgt:  # lowering choices that depend on the CPU (vector lanes, VNNI) follow the target built for
+        mod = emit_relax(model)
     tuned = None
     if database is not None and schedule and len(database):
         from backends.tvm import tuning

@@ -288,6 +288,20 @@ class TuneSummary:
         )
 
 
+def _space_generator(target: tvm.target.Target) -> Any:
+    """MetaSchedule's post-order search space with the generic rules for ``target``'s kind. On a CPU with VNNI or
+    AVX-512, TVM's default rules tensorize with its own intrinsics (``dot_16x4_vnni``), which exist only once
+    ``tvm.s_tir.tensor_intrin`` is imported (~55 s): cacc's integer kernels bring their own, so the plain LLVM
+    rules apply everywhere."""
+    if target.kind.name != "llvm":
+        return "post-order-apply"
+    return ms.space_generator.PostOrderApply(
+        sch_rules=ms.ScheduleRule.create("llvm"),
+        postprocs=ms.Postproc.create("llvm"),
+        mutator_probs=ms.Mutator.create("llvm"),
+    )
+
+
 def _cost_model() -> Any:
     try:
         import xgboost  # noqa: F401
@@ -344,7 +358,7 @@ def tune_tasks(
             ctx = ms.TuneContext(
                 mod=task.mod,
                 target=target,
-                space_generator="post-order-apply",
+                space_generator=_space_generator(target),
                 search_strategy=ms.search_strategy.EvolutionarySearch(population_size=population),
                 task_name=task.name,
                 rand_state=seed + i,

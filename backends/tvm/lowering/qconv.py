@@ -14,8 +14,8 @@ NCHW directly:
     y[n, co, p] = act(s_x * s_w[co] * sum_ci (x_q[n, ci, p] - zp_x) * w_q[co, ci] + bias[co])
 
 Exact like the ``u8s8`` GEMM: only when the channel pairs cannot saturate ``vpmaddubsw`` (always
-for 7-bit weights, see :func:`~backends.tvm.schedules.qgemm.u8s8_pairing`). Anything else returns
-``None`` and the ops lower one by one (dequantize, then the fp32 conv).
+for 7-bit weights, and for any weight on a VNNI CPU, see :func:`~backends.tvm.schedules.qgemm.u8s8_order`).
+Anything else returns ``None`` and the ops lower one by one (dequantize, then the fp32 conv).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from backends.tvm.lowering.nn import _spatial_params
 from backends.tvm.lowering.qmatmul import _Act, _activation, _bias, _producer, _zero_point_args, kernel_switches
 from backends.tvm.schedules.epilogue import SUPPORTED
 from backends.tvm.schedules.qconv import blocked_operand_func, quant_pack_func
-from backends.tvm.schedules.qgemm import QGemmPlan, pack_qweight, plan_qgemm, qgemm_func, u8s8_pairing
+from backends.tvm.schedules.qgemm import QGemmPlan, pack_qweight, plan_qgemm, qgemm_func, u8s8_order
 
 R = relax.op
 
@@ -214,7 +214,7 @@ def _blocked_qconv(
     wk_t = np.ascontiguousarray(w.T)  # [Ci, Co]
     if n != 1 or strides != [1, 1] or co % b:
         return None
-    perm = u8s8_pairing(wk_t)
+    perm = u8s8_order(wk_t)
     kind = "u8s8" if perm is not None and np.array_equal(perm, np.arange(perm.size)) else "s16"
     m = h * wd
     plan = plan_qgemm(m, ci, co, kind)
@@ -282,7 +282,7 @@ def lower_integer_conv(ctx: EmitContext, node: ir.Node) -> list[Out] | None:
         out = _blocked_qconv(ctx, act, held, w, w_scale, bias, strides, activation, params)
         if out is not None:
             return [out]
-    perm = u8s8_pairing(np.ascontiguousarray(w.T))
+    perm = u8s8_order(np.ascontiguousarray(w.T))
     if perm is None:
         return None
     x = ctx.expr(act.q)

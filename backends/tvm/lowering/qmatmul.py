@@ -10,8 +10,9 @@ layer then runs as :mod:`backends.tvm.schedules.qgemm`'s kernel:
 
 with an exact int32 accumulator. Two kernels: ``u8s8`` (``vpmaddubsw``; uint8 ``x_q`` as is, the
 zero point corrected with the weight column sums) when the weight rows can be ordered so that no
-``k`` pair saturates the instruction's int16 sums (:func:`u8s8_pairing`; always for 7-bit
-weights), else ``s16`` (``x_q - zp_x`` widened to int16, ``vpmaddwd``). Either prologue fuses
+``k`` pair saturates the instruction's int16 sums (:func:`u8s8_order`; always for 7-bit
+weights, and for any weight on a VNNI CPU, where ``vpdpbusd`` sums in int32), else ``s16``
+(``x_q - zp_x`` widened to int16, ``vpmaddwd``). Either prologue fuses
 with the ``QuantizeLinear`` that produced ``x_q``. Anything else returns ``None`` and the ops
 lower one by one (dequantize, then the fp32 kernel).
 """
@@ -30,7 +31,7 @@ from tvm import relax
 from backends.tvm.lowering.common import CACC_DOMAIN, EmitContext, Out, attr, input_at
 from backends.tvm.lowering.kernels import call_kernel, static_shape
 from backends.tvm.schedules.epilogue import SUPPORTED
-from backends.tvm.schedules.qgemm import QGemmPlan, pack_qweight, plan_qgemm, qgemm_func, u8s8_pairing
+from backends.tvm.schedules.qgemm import QGemmPlan, pack_qweight, plan_qgemm, qgemm_func, u8s8_order
 
 R = relax.op
 
@@ -182,7 +183,7 @@ def _emit(
     if shape is None or len(shape) < 2 or shape[-1] != w.shape[0]:
         return None
     m, k, n = math.prod(shape[:-1]), w.shape[0], w.shape[1]
-    perm = u8s8_pairing(w) if _u8s8 else None
+    perm = u8s8_order(w) if _u8s8 else None
     zero_point = ""
     if perm is None:
         plan = plan_qgemm(m, k, n, "s16")

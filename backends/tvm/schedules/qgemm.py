@@ -10,8 +10,12 @@ the activation.
 
 On x86 with AVX2 the inner ``8 columns x 2 k`` step is one ``vpmaddwd`` (s16 x s16 -> pairwise
 s32 sums, no saturation for 8-bit values, unlike ``vpmaddubsw``) plus one ``vpaddd``: 16
-multiply-adds per instruction against 8 for an fp32 FMA. Other targets get the same loop nest
-vectorised by LLVM; GPU targets schedule the unscheduled function with their generic rules.
+multiply-adds per instruction against 8 for an fp32 FMA. On CPUs with VNNI (AVX-VNNI, or AVX-512
+VNNI with VL) the ``u8s8`` / ``s8u8`` step is one ``vpdpbusd`` (u8 x s8, four products summed into
+the int32 accumulator, never saturating): 32 multiply-adds per instruction, exact for any weight,
+so the lowering takes those kernels for full-range 8-bit weights too (:func:`u8s8_order`). Other
+targets get the same loop nest vectorised by LLVM; GPU targets schedule the unscheduled function
+with their generic rules.
 """
 
 from __future__ import annotations
@@ -26,15 +30,23 @@ from tvm.script import tirx as T
 from tvm.target import Target, codegen
 
 from backends.tvm.schedules.epilogue import activation_expr
-from backends.tvm.schedules.tiling import ceil_to
+from backends.tvm.schedules.tiling import ceil_to, emit_target
 from backends.tvm.target import target_cores
+from compiler.errors import BackendError
 
 QKERNEL_ATTR = "cacc.qkernel"
 """PrimFunc attribute marking cacc's integer GEMM kernels (value: ``"qgemm"``)."""
+NEEDS_VNNI_ATTR = "cacc.needs_vnni"
+"""PrimFunc attribute of a ``u8s8`` / ``s8u8`` kernel emitted for a VNNI target: its weight ``k`` pairs may
+saturate ``vpmaddubsw``, so only ``vpdpbusd`` (or the plain int32 loop) computes it exactly."""
 
 PMADDWD_INTRIN = "cacc_avx2_pmaddwd_8x2"
 PMADDUBSW_INTRIN = "cacc_avx2_pmaddubsw_8x4"
 PMADDUBSW_T_INTRIN = "cacc_avx2_pmaddubsw_8x4_t"  # broadcast int8 weights x uint8 activation vectors
+VPDPBUSD_INTRIN = "cacc_vnni_vpdpbusd_8x4"
+VPDPBUSD_T_INTRIN = "cacc_vnni_vpdpbusd_8x4_t"
+#: ``vpdpbusd`` on 256-bit vectors (AVX-VNNI, or AVX-512 VNNI + VL: LLVM picks the encoding)
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.256"
 _LANES = 8  # int32 lanes of a 256-bit vector
 _ROW_BLOCK_BYTES = 256 * 1024  # activation rows kept in L2 per row block
 
@@ -122,6 +134,42 @@ def _pmaddubsw_t_impl(
         )
 
 
+@T.prim_func(s_tir=True)
+def _vpdpbusd_impl(
+    A: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
+    B: T.Buffer((8, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
+    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(_VPDPBUSD),
+            C.vload([0], dtype="int32x8"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32"),
+            B.vload([0, 0], dtype="int8x32"),
+            dtype="int32x8",
+        )
+
+
+@T.prim_func(s_tir=True)
+def _vpdpbusd_t_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),  # type: ignore[valid-type]
+    B: T.Buffer((8, 4), "uint8", offset_factor=1),  # type: ignore[valid-type]
+    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(_VPDPBUSD),
+            C.vload([0], dtype="int32x8"),
+            B.vload([0, 0], dtype="uint8x32"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 8), dtype="int8x32"),
+            dtype="int32x8",
+        )
+
+
 _registered = False
 
 #: Per kind: (A dtype, packed W dtype, k per int32 lane, AVX2 intrinsic).
@@ -130,17 +178,23 @@ _KINDS = {
     "u8s8": ("uint8", "int8", 4, PMADDUBSW_INTRIN),
     "s8u8": ("int8", "uint8", 4, PMADDUBSW_T_INTRIN),
 }
+#: The ``vpdpbusd`` intrinsic of the byte kinds on VNNI targets.
+_VNNI_INTRINS = {"u8s8": VPDPBUSD_INTRIN, "s8u8": VPDPBUSD_T_INTRIN}
 
 
 def register_intrinsics() -> None:
-    """Register the AVX2 ``vpmaddwd`` / ``vpmaddubsw`` tensor intrinsics (once; TVM's own x86 set is never
-    imported)."""
+    """Register the AVX2 ``vpmaddwd`` / ``vpmaddubsw`` and the VNNI ``vpdpbusd`` tensor intrinsics (once; TVM's
+    own x86 set is never imported)."""
     global _registered
     if _registered:
         return
     impls = {"s16": _pmaddwd_impl, "u8s8": _pmaddubsw_impl, "s8u8": _pmaddubsw_t_impl}
     for kind, (a_dtype, b_dtype, k, name) in _KINDS.items():
         s_tir.TensorIntrin.register(name, _dot_desc(a_dtype, b_dtype, k), impls[kind], override=True)
+    vnni = {"u8s8": _vpdpbusd_impl, "s8u8": _vpdpbusd_t_impl}
+    for kind, name in _VNNI_INTRINS.items():
+        a_dtype, b_dtype, k, _ = _KINDS[kind]
+        s_tir.TensorIntrin.register(name, _dot_desc(a_dtype, b_dtype, k), vnni[kind], override=True)
     _registered = True
 
 
@@ -151,6 +205,18 @@ def has_avx2(target: Target) -> bool:
     try:
         return bool(codegen.target_has_features("avx2", target))
     except Exception:  # an LLVM that does not know the target's CPU
+        return False
+
+
+def has_vnni(target: Target) -> bool:
+    """Whether ``target`` is an LLVM x86 target with 256-bit ``vpdpbusd`` (AVX-VNNI, or AVX-512 VNNI and VL)."""
+    if not has_avx2(target):
+        return False
+    try:
+        return bool(codegen.target_has_features("avxvnni", target)) or bool(
+            codegen.target_has_features("avx512vnni", target) and codegen.target_has_features("avx512vl", target)
+        )
+    except Exception:  # an LLVM that does not know the features
         return False
 
 
@@ -269,6 +335,15 @@ def u8s8_pairing(w: np.ndarray) -> np.ndarray | None:
     return np.asarray(pairs, np.int64)
 
 
+def u8s8_order(w: np.ndarray) -> np.ndarray | None:
+    """The row order of the int8 weight ``[K, N]`` the ``u8s8`` / ``s8u8`` kernels take on the target being
+    emitted for: any order (the identity, padded to a multiple of 4) where ``vpdpbusd`` computes them (VNNI:
+    int32 sums, exact for every weight), else :func:`u8s8_pairing`."""
+    if w.ndim == 2 and w.size and has_vnni(emit_target()) and w.min() >= -128 and w.max() <= 127:
+        return np.arange(ceil_to(w.shape[0], 4))
+    return u8s8_pairing(w)
+
+
 def qgemm_func(
     plan: QGemmPlan,
     *,
@@ -352,8 +427,10 @@ def qgemm_func(
         out = te.compute((p.n // out_block, p.m, out_block), blocked, name="out")
     else:
         out = te.compute((p.m, p.n), lambda i, j: epi(i, j), name="out")
-    func = te.create_prim_func([*args, out])
-    return func.with_attr(QKERNEL_ATTR, p.kind).with_attr("op_pattern", 8)
+    func = te.create_prim_func([*args, out]).with_attr(QKERNEL_ATTR, p.kind).with_attr("op_pattern", 8)
+    if p.kind in _VNNI_INTRINS and has_vnni(emit_target()):  # its weight order may rely on vpdpbusd
+        func = func.with_attr(NEEDS_VNNI_ATTR, True)
+    return func
 
 
 def row_block_tiles(tiles: int, panels: int, limit: int, target: Target) -> int:
@@ -387,6 +464,13 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
         if kind == OPERAND_KIND:
             return schedule_blocked_operand(func)
         return schedule_quantize(func) if kind == QUANTIZE_KIND else schedule_quant_pack(func)
+    vnni = kind in _VNNI_INTRINS and has_vnni(target)
+    if has_avx2(target) and not vnni and func.attrs.get(NEEDS_VNNI_ATTR, False):
+        # vpmaddubsw would saturate on the weight pairs the kernel was emitted with (the plain loop is exact)
+        raise BackendError(
+            f"the integer kernel was emitted for a CPU with VNNI, but target {target} has none: emit the model "
+            "under the target it is built for"
+        )
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     out = sch.get_sblock("out")
@@ -410,7 +494,7 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
         register_intrinsics()
         init = sch.decompose_reduction(acc, ko)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(jl, _KINDS[kind][3])
+        sch.tensorize(jl, _VNNI_INTRINS[kind] if vnni else _KINDS[kind][3])
         # keep the accumulator tile in registers (set after tensorizing: the intrinsic's buffers are global)
         sch.set_scope(init, 0, "local")
     else:  # LLVM vectorises the 8 columns (the k group unrolled outside them)
@@ -427,13 +511,17 @@ __all__ = [
     "PMADDUBSW_T_INTRIN",
     "PMADDWD_INTRIN",
     "QKERNEL_ATTR",
+    "VPDPBUSD_INTRIN",
+    "VPDPBUSD_T_INTRIN",
     "QGemmPlan",
     "has_avx2",
+    "has_vnni",
     "pack_qweight",
     "plan_qgemm",
     "qgemm_func",
     "register_intrinsics",
     "schedule_qgemm",
     "tvm",
+    "u8s8_order",
     "u8s8_pairing",
 ]

@@ -94,7 +94,8 @@ def matmul_nbits(node: ir.Node, inputs: Inputs) -> list[np.ndarray]:
     if bits not in (2, 4, 8) or block < 16 or block & (block - 1):
         raise ValueError(f"unsupported bits={bits} / block_size={block}")
     w = dequantize_nbits(b, scales, _opt(inputs, 3), k=k, n=n, bits=bits, block_size=block)
-    y = np.matmul(a, w.T.astype(a.dtype))
+    # a contiguous [K, N] operand, as a DequantizeLinear -> MatMul computes it: the same BLAS call, the same bits
+    y = np.matmul(a, np.ascontiguousarray(w.T, dtype=a.dtype))
     bias = _opt(inputs, 5)
     if bias is not None:
         y = y + bias
