@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from compiler.cost import COST_NOTE
+from compiler.cost import COST_NOTE, host_has_vnni
 from compiler.errors import PassError
 from compiler.ir.ops.registry import attr
 from compiler.ir.shapes import infer_shapes
@@ -101,7 +101,8 @@ class Int8Options:
     #: uint8 x int8 products in int16 with saturation, which full-range weights overflow; cacc's x86 u8s8 kernel is
     #: exact but applies only where no pair can overflow (always with 7-bit weights), full-range weights run its
     #: exact s16 kernel instead (EfficientNet-Lite0: ~15% slower, 1 point more top-1 agreement). None: on for
-    #: onnx and x86. Per layer through ``layers``.
+    #: onnx, and for x86 where the host CPU has no VNNI (whose ``vpdpbusd`` sums in int32: full-range weights run
+    #: the fast kernel, see :func:`default_reduce_range`). Per layer through ``layers``.
     reduce_range: bool | None = None
     #: measure each quantized layer's own output error (``LayerRecord.error``; :mod:`passes.quant.diagnosis`)
     diagnose: bool = False
@@ -510,6 +511,13 @@ def _weight_only(
     return LayerRecord(layer.name, layer.op_type, pass_name, action, 8, None, before, after, note=note)
 
 
+def default_reduce_range(target: str | None) -> bool:
+    """7-bit weights by default: for ONNX Runtime (whose u8s8 kernels without VNNI saturate pairs of full-range
+    products, and an exported model may run on any CPU), and for x86 unless this host has VNNI (the x86 target
+    compiles for the host; ``vpdpbusd`` is exact for any weight, so full 8-bit weights cost nothing there)."""
+    return target == "onnx" or (target == "x86" and not host_has_vnni())
+
+
 @register_pass
 class QuantizeInt8Pass(Pass):
     """Static int8 PTQ: per-channel int8 weights, calibrated per-tensor activations."""
@@ -523,7 +531,7 @@ class QuantizeInt8Pass(Pass):
         opts = self.parse_options(Int8Options)
         target = self.context.target
         if opts.reduce_range is None:
-            opts.reduce_range = target in ("onnx", "x86")
+            opts.reduce_range = default_reduce_range(target)
         if opts.quantize_outputs is None:
             opts.quantize_outputs = target not in TVM_TARGETS
         feeds = self.calibration_feeds(minimum=1)

@@ -18,6 +18,7 @@ from backends.onnx import to_standard_onnx
 from compiler.cost import COST_NOTE
 from compiler.errors import PassError
 from compiler.ir.interpreter import run
+from passes import quantize_int8
 from passes.base import LayerRecord, PassContext
 from passes.quant.diagnosis import GUARD_NOTE, relative_error
 from passes.quantize_int8 import Int8Options, QuantizeInt8Pass, calibrate, prepare_model, quantize_layers, select_layers
@@ -175,6 +176,26 @@ def test_skip_overrides_and_tiny_layers_are_recorded() -> None:
     tiny = QuantizeInt8Pass(PassContext(options={"quantize_int8": {"min_weight_elements": 10_000}}, calibration=feeds))
     tiny(to_ir(_cnn()))
     assert all("fewer than 10000 elements" in r.note for r in tiny.context.layers)
+
+
+@pytest.mark.parametrize(("target", "vnni", "seven_bit"), [("x86", False, True), ("x86", True, False),
+                                                           ("onnx", True, True), ("arm", False, False)])  # fmt: skip
+def test_default_weight_range_follows_the_target_and_the_hosts_vnni(
+    monkeypatch: pytest.MonkeyPatch, target: str, vnni: bool, seven_bit: bool
+) -> None:
+    """7-bit weights by default where a u8s8 kernel could saturate full-range ones: ONNX Runtime, and x86 on a host
+    without VNNI (the x86 target compiles for the host; vpdpbusd is exact for any weight)."""
+    monkeypatch.setattr(quantize_int8, "host_has_vnni", lambda: vnni)
+    model = to_ir(_cnn())
+    feeds = [{"x": s[0]} for s in _samples((1, 8, 12, 12), 4)]
+    options = {"quantize_int8": {"cost_check": False}}
+    QuantizeInt8Pass(PassContext(options=options, calibration=feeds, target=target))(model)
+    amax = max(
+        int(np.abs(n.inputs[1].producer().inputs[0].const_value.numpy()).max())  # type: ignore[union-attr]
+        for n in model.graph
+        if n.name in ("conv1", "conv2", "fc")
+    )
+    assert amax == (63 if seven_bit else 127)
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "gptq"])

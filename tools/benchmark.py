@@ -533,8 +533,13 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def write_chart(rows: Sequence[Row], path: Path, threads: int) -> None:
-    """A PNG with one horizontal bar chart (latency, log scale) per model."""
-    import matplotlib
+    """A PNG with one horizontal bar chart (latency, log scale) per model (skipped, with a note, without
+    matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no chart: matplotlib is not installed (pip install matplotlib), {path} not written")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
