@@ -32,6 +32,9 @@ AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 #: An AVX-VNNI CPU (256-bit vpdpbusd), for the VNNI kernel choices
 VNNI = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake", "num-cores": 2})
 HOST_HAS_VNNI = has_vnni(host_target())
+#: An AVX-512 CPU with VNNI (16 fp32 lanes: channel blocks of 16)
+AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2})
+HOST_HAS_AVX512 = bool(tvm.target.codegen.target_has_features("avx512f", host_target())) and HOST_HAS_VNNI
 
 
 def _model(nodes: list, inputs: list, outputs: list, inits: list) -> ir.Model:
@@ -346,10 +349,11 @@ def test_quantized_pointwise_convs_run_as_integer_gemms(batch: int, act_dtype: i
     assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()  # the fused Clip ran
 
 
-def _blocked_quant_chain(act_dtype: int, amax: int = 63) -> ir.Model:
-    """float 3x3 conv -> Q/DQ -> int8 FusedConv 1x1 (Clip) -> Q/DQ -> depthwise conv: channel-blocked all along."""
+def _blocked_quant_chain(act_dtype: int, amax: int = 63, co: int = 24) -> ir.Model:
+    """float 3x3 conv -> Q/DQ -> int8 FusedConv 1x1 (Clip) -> Q/DQ -> depthwise conv: channel-blocked all along
+    (``co`` channels after the 1x1 conv)."""
     rng = np.random.default_rng(act_dtype)
-    wq = np.clip(np.rint(rng.standard_normal((24, 16, 1, 1)) * amax / 2), -amax, amax).astype(np.int8)
+    wq = np.clip(np.rint(rng.standard_normal((co, 16, 1, 1)) * amax / 2), -amax, amax).astype(np.int8)
     zdt = np.uint8 if act_dtype == U8 else np.int8
     nodes = [
         helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
@@ -360,17 +364,17 @@ def _blocked_quant_chain(act_dtype: int, amax: int = 63) -> ir.Model:
                          activation_params=[0.0, 6.0]),
         helper.make_node("QuantizeLinear", ["h", "hs"], ["hq"]),
         helper.make_node("DequantizeLinear", ["hq", "hs"], ["hd"]),
-        helper.make_node("Conv", ["hd", "wd"], ["y"], group=24, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["hd", "wd"], ["y"], group=co, pads=[1, 1, 1, 1]),
     ]  # fmt: skip
     inits = [
         ("w0", rng.standard_normal((16, 3, 3, 3)).astype(np.float32)),
         ("as", np.array(0.04, np.float32)), ("az", np.array(128 if act_dtype == U8 else 3, zdt)),
-        ("wq", wq), ("ws", rng.uniform(0.005, 0.02, 24).astype(np.float32)),
-        ("b1", rng.standard_normal(24).astype(np.float32)),
+        ("wq", wq), ("ws", rng.uniform(0.005, 0.02, co).astype(np.float32)),
+        ("b1", rng.standard_normal(co).astype(np.float32)),
         ("hs", np.array(0.025, np.float32)),
-        ("wd", rng.standard_normal((24, 1, 3, 3)).astype(np.float32)),
+        ("wd", rng.standard_normal((co, 1, 3, 3)).astype(np.float32)),
     ]  # fmt: skip
-    outputs = [tensor("h", [1, 24, 6, 9]), tensor("y", [1, 24, 6, 9])]
+    outputs = [tensor("h", [1, co, 6, 9]), tensor("y", [1, co, 6, 9])]
     return _model(nodes, [tensor("x", [1, 3, 6, 9])], outputs, inits)
 
 
@@ -395,6 +399,21 @@ def test_quantized_pointwise_conv_on_channel_blocked_activations(act_dtype: int,
     x = np.random.default_rng(14).standard_normal((1, 3, 6, 9)).astype(np.float32)
     h, _ = _check(model, {"x": x}, rtol=2e-5)
     assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()
+
+
+def test_avx512_targets_run_the_blocked_integer_conv_on_16_channel_blocks() -> None:
+    """AVX-512 CPUs block channels by 16 (one zmm vector): the integer 1x1 conv writes 16-channel blocks from its
+    8-lane accumulator vectors, bit-exact to the reference where this host can run AVX-512 code."""
+    model = _blocked_quant_chain(U8, 127, co=32)
+    with AVX512:
+        script = emit_relax(model)["main"].script()
+    assert "cacc_qconv1x1_blocked_u8s8" in script and "cacc_depthwise_conv2d_nchwc" in script
+    assert "(1, 2, 6, 9, 16)" in script  # the 32 channels blocked as 2 x 16
+    asm = _asm(model, AVX512)
+    assert "vpdpbusd" in asm and "zmm" in asm
+    if HOST_HAS_AVX512:
+        x = np.random.default_rng(16).standard_normal((1, 3, 6, 9)).astype(np.float32)
+        _check(model, {"x": x}, rtol=2e-5, target=AVX512)
 
 
 def test_pointwise_conv_without_exact_pairing_stays_float() -> None:
