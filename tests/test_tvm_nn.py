@@ -99,7 +99,7 @@ def test_last_axis_softmax_kernel_matches_numpy_with_masked_scores() -> None:
     sm, lsm = exe.run({"x": x})
     shifted = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
     log_ref = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    np.testing.assert_allclose(sm, np.exp(log_ref), rtol=2e-6, atol=1e-30)
+    np.testing.assert_allclose(sm, np.exp(log_ref), rtol=4e-6, atol=1e-30)  # 8 or 16 partial sums
     np.testing.assert_allclose(lsm[..., :20], log_ref[..., :20], rtol=1e-6, atol=2e-6)
     assert (sm[..., 20:] == 0).all() and (lsm[..., 20:] < -9000).all()
     # no subnormal probabilities (a multiply with one costs ~100x on Intel CPUs): those of the reference are 0

@@ -401,19 +401,21 @@ def test_quantized_pointwise_conv_on_channel_blocked_activations(act_dtype: int,
     assert h.min() >= 0.0 and h.max() <= 6.0 and (h == 6.0).any()
 
 
-def test_avx512_targets_run_the_blocked_integer_conv_on_16_channel_blocks() -> None:
-    """AVX-512 CPUs block channels by 16 (one zmm vector): the integer 1x1 conv writes 16-channel blocks from its
-    8-lane accumulator vectors, bit-exact to the reference where this host can run AVX-512 code."""
+@pytest.mark.parametrize("target", ["avx2", "vnni", "avx512"])
+def test_blocked_integer_conv_keeps_8_channel_blocks_on_every_x86(target: str) -> None:
+    """Channel-blocked convs use 8-channel blocks on every x86 CPU, AVX-512 ones included (whose other kernels take
+    16 lanes): the integer 1x1 conv writes blocks of its 8-lane accumulator vectors, and EfficientNet's 24- and
+    40-channel convs could not take 16-channel blocks. Bit-exact to the reference where this host can run it."""
+    tgt, runs = {"avx2": (AVX2, True), "vnni": (VNNI, HOST_HAS_VNNI), "avx512": (AVX512, HOST_HAS_AVX512)}[target]
     model = _blocked_quant_chain(U8, 127, co=32)
-    with AVX512:
+    with tgt:
         script = emit_relax(model)["main"].script()
-    assert "cacc_qconv1x1_blocked_u8s8" in script and "cacc_depthwise_conv2d_nchwc" in script
-    assert "(1, 2, 6, 9, 16)" in script  # the 32 channels blocked as 2 x 16
-    asm = _asm(model, AVX512)
-    assert "vpdpbusd" in asm and "zmm" in asm
-    if HOST_HAS_AVX512:
+    kind = "s16" if target == "avx2" else "u8s8"  # full-range weights: vpdpbusd where the CPU has VNNI
+    assert f"cacc_qconv1x1_blocked_{kind}" in script and "cacc_depthwise_conv2d_nchwc" in script
+    assert "(1, 4, 6, 9, 8)" in script  # the 32 channels blocked as 4 x 8
+    if runs:
         x = np.random.default_rng(16).standard_normal((1, 3, 6, 9)).astype(np.float32)
-        _check(model, {"x": x}, rtol=2e-5, target=AVX512)
+        _check(model, {"x": x}, rtol=2e-5, target=tgt)
 
 
 def test_pointwise_conv_without_exact_pairing_stays_float() -> None:

@@ -16,7 +16,7 @@ from onnx import helper
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.schedule import safe_default_schedule
 from backends.tvm.schedules import KERNEL_ATTR
-from backends.tvm.schedules.tiling import pick_tile, target_lanes
+from backends.tvm.schedules.tiling import conv_block_config, pick_tile, target_lanes
 from backends.tvm.target import host_target
 from compiler.ir.ops.activations import FUSABLE
 from tests.test_tvm_helpers import check_against_ort, make_model, rand, run_tvm, to_ir
@@ -204,3 +204,20 @@ def test_every_candidate_tile_matches_the_reference() -> None:
             got = run_tvm(model, feeds)
         for name, value in zip(outputs, got, strict=True):
             np.testing.assert_allclose(value, expected[name], atol=1e-4, rtol=1e-4, err_msg=f"{name} tile #{index}")
+
+
+@pytest.mark.parametrize(
+    ("target", "lanes", "block"),
+    [
+        ({"kind": "llvm", "mcpu": "haswell"}, 8, 8),
+        ({"kind": "llvm", "mcpu": "sapphirerapids"}, 16, 8),
+        ({"kind": "llvm", "mcpu": "rocketlake"}, 16, 8),  # AVX-512 known from LLVM's features, not the name
+        ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, 4, 4),
+    ],
+)
+def test_vector_lanes_from_the_cpu_and_8_channel_conv_blocks_on_x86(target: dict, lanes: int, block: int) -> None:
+    """fp32 lanes follow the CPU's widest vectors (AVX-512 by name or by LLVM's features); the channel-blocked convs
+    keep 8-channel blocks on every x86 CPU."""
+    tgt = tvm.target.Target(target)
+    assert target_lanes(tgt).lanes == lanes
+    assert conv_block_config(tgt).lanes == block

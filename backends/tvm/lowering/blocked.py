@@ -31,7 +31,7 @@ from backends.tvm.schedules.nchwc import (
     pack_blocked_weight,
     plan_blocked_conv,
 )
-from backends.tvm.schedules.tiling import emit_target, target_lanes
+from backends.tvm.schedules.tiling import conv_block_config, emit_target
 
 R = relax.op
 
@@ -114,7 +114,7 @@ def emit_blocked_conv2d(
     held = ctx.blocked_form(x_v)
     wanted = out_v is not None and out_v.name in ctx.prefer_blocked
     shape = static_shape(ctx, x_v)
-    cfg = target_lanes()
+    cfg = conv_block_config()
     b = cfg.lanes
     if (
         (held is None and not wanted)

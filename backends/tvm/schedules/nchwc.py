@@ -214,7 +214,7 @@ def blocked_conv_func(
             ),
             name="acc",
         )
-        attr = tile_attr(4, 5, "0.1.2.3", local_pad=p.local_pad, parallel=2 if p.plane_pad else 0)
+        attr = tile_attr(4, 5, "0.1.2.3", local_pad=p.local_pad, parallel=2 if p.plane_pad else 0, lanes=b)
     else:
         t_count = p.co // (p.vecs * b)
         if p.in_blocked:
@@ -238,7 +238,7 @@ def blocked_conv_func(
                 ),
                 name="acc",
             )
-        attr = tile_attr(4, "5+6", "0.1.2.3" if p.channels_outer else "0.2.3.1", local_pad=p.local_pad)
+        attr = tile_attr(4, "5+6", "0.1.2.3" if p.channels_outer else "0.2.3.1", local_pad=p.local_pad, lanes=b)
     args = [x, wt]
     bias_t = None
     if bias:

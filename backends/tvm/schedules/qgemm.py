@@ -356,9 +356,8 @@ def qgemm_func(
 ) -> tirx.PrimFunc:
     """PrimFunc ``(A[Mp, Kp], W packed, scale[N] f32[, zp...][, row_scale[Mp]][, bias[N]], out[M, N] f32)``.
 
-    ``out_block`` (``u8s8`` or ``s16``, ``N`` a multiple of it; 8 or 16 lanes, dividing the column tile) writes ``out``
-    column-blocked as ``[N/b, M, b]``: the channel-blocked output of a pointwise conv whose ``M`` rows are pixels
-    (``backends.tvm.lowering.blocked``).
+    ``out_block`` (``u8s8`` or ``s16``, ``N`` a multiple of it) writes ``out`` column-blocked as ``[N/b, M, b]``: the
+    channel-blocked output of a pointwise conv whose ``M`` rows are pixels (``backends.tvm.lowering.blocked``).
 
     ``A`` is int16 (``s16``: already centred) or uint8 (``u8s8``). ``zero_point`` corrects the
     uint8 activation's zero point with the weight column sums: ``"col"`` adds ``corr[N]`` int32
@@ -418,14 +417,12 @@ def qgemm_func(
         return activation_expr(v, activation, activation_params)
 
     if out_block:
-        if out_block % _LANES or nb % out_block:
-            raise ValueError(f"out_block must be a multiple of {_LANES} dividing the column tile {nb}, got {out_block}")
-        per_panel, vecs_per_block = nb // out_block, out_block // _LANES
+        if out_block != _LANES:
+            raise ValueError(f"out_block must be {_LANES} (the vector lanes), got {out_block}")
+        vecs = nb // _LANES
 
         def blocked(cb: tirx.Var, i: tirx.Var, ln: tirx.Var) -> tirx.PrimExpr:
-            # channel cb * out_block + ln: panel, int32 vector within the panel, lane
-            col = (cb // per_panel, (cb % per_panel) * vecs_per_block + ln // _LANES, ln % _LANES)
-            return epi(i, cb * out_block + ln, col)
+            return epi(i, cb * _LANES + ln, (cb // vecs, cb % vecs, ln))
 
         out = te.compute((p.n // out_block, p.m, out_block), blocked, name="out")
     else:

@@ -21,10 +21,14 @@ outer spatial axes in loop order (dotted, e.g. ``0.3.1``). The column may be adj
 by ``+`` (``4+5``: vectors x lanes of a channel-blocked output), fused into one column loop."""
 
 
-def tile_attr(row: int, col: int | str, order: str, *, local_pad: bool = False, parallel: int = 0) -> str:
+def tile_attr(
+    row: int, col: int | str, order: str, *, local_pad: bool = False, parallel: int = 0, lanes: int = 0
+) -> str:
     """Encode the tiling for :data:`KERNEL_ATTR` (``local_pad``: padding blocks computed per parallel tile;
-    ``parallel``: how many leading outer loops run in parallel, default all but the last)."""
-    return f"{row},{col},{order}" + (",local_pad" if local_pad else "") + (f",par{parallel}" if parallel else "")
+    ``parallel``: how many leading outer loops run in parallel, default all but the last; ``lanes``: the vector
+    width the kernel's layout is built for, default the target's)."""
+    flags = (",local_pad" if local_pad else "") + (f",par{parallel}" if parallel else "")
+    return f"{row},{col},{order}" + flags + (f",lanes{lanes}" if lanes else "")
 
 
 def _vectorize_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
@@ -37,11 +41,13 @@ def _vectorize_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, la
 
 
 def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
-    """Apply the register-tiled schedule described by ``func``'s :data:`KERNEL_ATTR`."""
+    """Apply the register-tiled schedule described by ``func``'s :data:`KERNEL_ATTR` (vectors of ``lanes``, or of
+    the width the attribute names)."""
     spec = str(func.attrs[KERNEL_ATTR])
     row_s, col_s, order_s, *flags = spec.split(",")
     local_pad = "local_pad" in flags
     n_par = next((int(f[3:]) for f in flags if f.startswith("par")), 0)
+    lanes = next((int(f[5:]) for f in flags if f.startswith("lanes")), lanes)
     row = int(row_s)
     cols = [int(t) for t in col_s.split("+")]
     order = [int(t) for t in order_s.split(".")]
