@@ -90,84 +90,43 @@ def _pmaddwd_impl(
         )
 
 
-@T.prim_func(s_tir=True)
-def _pmaddubsw_impl(
-    A: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
-    B: T.Buffer((8, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
-    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-            T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32"),
-                B.vload([0, 0], dtype="int8x32"),
-                dtype="int16x16",
-            ),
-            T.broadcast(T.int16(1), 16),
-            dtype="int32x8",
-        )
+def _byte_dot(acc: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr, a_unsigned: bool, vnni: bool) -> tirx.PrimExpr:
+    """``acc`` plus the sums of four ``u8 x s8`` products per int32 lane of the 32-byte operands ``a`` and ``b``
+    (``a_unsigned``: ``a`` is the uint8 one): one ``vpdpbusd``, or ``vpmaddubsw`` (pairs into saturating int16)
+    then ``vpmaddwd`` by ones."""
+    u8, s8 = (a, b) if a_unsigned else (b, a)
+    if vnni:
+        return tirx.call_llvm_pure_intrin("int32x8", _VPDPBUSD, acc, u8, s8)
+    pairs = tirx.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", u8, s8)
+    return acc + tirx.call_llvm_pure_intrin(
+        "int32x8", "llvm.x86.avx2.pmadd.wd", pairs, tirx.Broadcast(tirx.const(1, "int16"), 16)
+    )
 
 
-@T.prim_func(s_tir=True)
-def _pmaddubsw_t_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),  # type: ignore[valid-type]
-    B: T.Buffer((8, 4), "uint8", offset_factor=1),  # type: ignore[valid-type]
-    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-            T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                B.vload([0, 0], dtype="uint8x32"),
-                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 8), dtype="int8x32"),
-                dtype="int16x16",
-            ),
-            T.broadcast(T.int16(1), 16),
-            dtype="int32x8",
-        )
+def _byte_dot_impl(a_dtype: str, b_dtype: str, vnni: bool) -> tirx.PrimFunc:
+    """The implementation of a byte kind's ``8 x 4`` step: ``A`` (4 bytes, broadcast to every lane) against ``B``
+    (8 lanes x 4 bytes); whichever of the two is uint8 is the unsigned operand."""
 
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), a_dtype, offset_factor=1),  # type: ignore[valid-type]
+        B: T.Buffer((8, 4), b_dtype, offset_factor=1),  # type: ignore[valid-type]
+        C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            C[T.ramp(T.int32(0), 1, 8)] = _byte_dot(
+                C.vload([0], dtype="int32x8"),
+                T.reinterpret(
+                    T.broadcast(T.reinterpret(A.vload([0], a_dtype + "x4"), dtype="int32"), 8), dtype=a_dtype + "x32"
+                ),
+                B.vload([0, 0], dtype=b_dtype + "x32"),
+                a_dtype == "uint8",
+                vnni,
+            )
 
-@T.prim_func(s_tir=True)
-def _vpdpbusd_impl(
-    A: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
-    B: T.Buffer((8, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
-    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_VPDPBUSD),
-            C.vload([0], dtype="int32x8"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32"),
-            B.vload([0, 0], dtype="int8x32"),
-            dtype="int32x8",
-        )
-
-
-@T.prim_func(s_tir=True)
-def _vpdpbusd_t_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),  # type: ignore[valid-type]
-    B: T.Buffer((8, 4), "uint8", offset_factor=1),  # type: ignore[valid-type]
-    C: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_VPDPBUSD),
-            C.vload([0], dtype="int32x8"),
-            B.vload([0, 0], dtype="uint8x32"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 8), dtype="int8x32"),
-            dtype="int32x8",
-        )
+    return impl
 
 
 _registered = False
@@ -188,13 +147,13 @@ def register_intrinsics() -> None:
     global _registered
     if _registered:
         return
-    impls = {"s16": _pmaddwd_impl, "u8s8": _pmaddubsw_impl, "s8u8": _pmaddubsw_t_impl}
     for kind, (a_dtype, b_dtype, k, name) in _KINDS.items():
-        s_tir.TensorIntrin.register(name, _dot_desc(a_dtype, b_dtype, k), impls[kind], override=True)
-    vnni = {"u8s8": _vpdpbusd_impl, "s8u8": _vpdpbusd_t_impl}
+        impl = _pmaddwd_impl if kind == "s16" else _byte_dot_impl(a_dtype, b_dtype, vnni=False)
+        s_tir.TensorIntrin.register(name, _dot_desc(a_dtype, b_dtype, k), impl, override=True)
     for kind, name in _VNNI_INTRINS.items():
         a_dtype, b_dtype, k, _ = _KINDS[kind]
-        s_tir.TensorIntrin.register(name, _dot_desc(a_dtype, b_dtype, k), vnni[kind], override=True)
+        impl = _byte_dot_impl(a_dtype, b_dtype, vnni=True)
+        s_tir.TensorIntrin.register(name, _dot_desc(a_dtype, b_dtype, k), impl, override=True)
     _registered = True
 
 
