@@ -27,10 +27,10 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
-from tvm.target import Target, codegen
+from tvm.target import Target
 
 from backends.tvm.schedules.epilogue import activation_expr
-from backends.tvm.schedules.tiling import ceil_to, emit_target
+from backends.tvm.schedules.tiling import ceil_to, emit_target, has_feature
 from backends.tvm.target import target_cores
 from compiler.errors import BackendError
 
@@ -159,24 +159,14 @@ def register_intrinsics() -> None:
 
 def has_avx2(target: Target) -> bool:
     """Whether ``target`` is an LLVM x86 target with AVX2."""
-    if target.kind.name != "llvm":
-        return False
-    try:
-        return bool(codegen.target_has_features("avx2", target))
-    except Exception:  # an LLVM that does not know the target's CPU
-        return False
+    return has_feature(target, "avx2")
 
 
 def has_vnni(target: Target) -> bool:
     """Whether ``target`` is an LLVM x86 target with 256-bit ``vpdpbusd`` (AVX-VNNI, or AVX-512 VNNI and VL)."""
-    if not has_avx2(target):
-        return False
-    try:
-        return bool(codegen.target_has_features("avxvnni", target)) or bool(
-            codegen.target_has_features("avx512vnni", target) and codegen.target_has_features("avx512vl", target)
-        )
-    except Exception:  # an LLVM that does not know the features
-        return False
+    return has_avx2(target) and (
+        has_feature(target, "avxvnni") or (has_feature(target, "avx512vnni") and has_feature(target, "avx512vl"))
+    )
 
 
 @dataclass(frozen=True)

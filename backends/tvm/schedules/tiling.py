@@ -37,7 +37,7 @@ def target_lanes(target: Target | None = None) -> TileConfig:
     if triple.startswith(("aarch64", "arm")):
         return TileConfig(4, 32)
     # by name, or by LLVM's features (a CPU LLVM names otherwise, e.g. a virtualised Xeon as "rocketlake")
-    if any(k in mcpu for k in _AVX512) or any("avx512f" in a for a in mattr) or _has_feature(tgt, "avx512f"):
+    if any(k in mcpu for k in _AVX512) or any("avx512f" in a for a in mattr) or has_feature(tgt, "avx512f"):
         return TileConfig(16, 32)
     return TileConfig(8, 16)
 
@@ -52,7 +52,7 @@ def conv_block_config(target: Target | None = None) -> TileConfig:
     return TileConfig(8, 16) if cfg.lanes == 16 else cfg
 
 
-def _has_feature(target: Target, feature: str) -> bool:
+def has_feature(target: Target, feature: str) -> bool:
     """Whether LLVM says ``target`` has the CPU ``feature`` (False for non-LLVM targets or an LLVM that cannot tell)."""
     if target.kind.name != "llvm":
         return False
@@ -102,6 +102,7 @@ __all__ = [
     "conv_block_config",
     "emit_target",
     "fits_registers",
+    "has_feature",
     "pick_tile",
     "target_lanes",
     "tvm",
