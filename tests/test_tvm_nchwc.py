@@ -160,3 +160,102 @@ def test_cuda_emission_keeps_nchw() -> None:
     infer_shapes(model)
     with tvm.target.Target({"kind": "cuda", "arch": "sm_80"}):
         assert "_nchwc" not in emit_relax(model)["main"].script()
+
+
+# ---------------------------------------------------------------- wide tiles (two blocks to a register)
+
+AVX512_REGS = TileConfig(16, 32)
+
+
+def _dense_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray, p: BlockedConvPlan) -> np.ndarray:
+    """Dense conv by definition on NCHW ``x`` and ``w [Co, C, KH, KW]``, as NCHW."""
+    (sh, sw), (dh, dw), (pt, pl) = p.stride, p.dilation, p.pad
+    xp = np.zeros((p.c, p.h + 2 * p.kh * dh, p.w + 2 * p.kw * dw), np.float64)
+    xp[:, pt : pt + p.h, pl : pl + p.w] = x[0]
+    out = np.zeros((p.co, p.oh, p.ow))
+    for ky in range(p.kh):
+        for kx in range(p.kw):
+            rows = xp[:, ky * dh : ky * dh + sh * (p.oh - 1) + 1 : sh, kx * dw : kx * dw + sw * (p.ow - 1) + 1 : sw]
+            out += np.einsum("oc,chw->ohw", w[:, :, ky, kx], rows)
+    return out + bias[:, None, None]
+
+
+@pytest.mark.parametrize(
+    ("c", "co", "hw", "kernel", "stride", "pads", "in_blocked", "tile"),
+    [
+        (16, 32, (7, 7), 1, 1, [0, 0, 0, 0], True, (7, 4, 1)),  # a 7x7 map: one tile per row
+        (8, 48, (9, 10), 1, 1, [0, 0, 0, 0], True, (4, 6, 0)),  # 90 pixels, the last tile padded
+        (24, 16, (5, 6), 3, 2, [1, 1, 1, 1], True, (14, 2, 0)),  # tiles wider than the map
+        (3, 32, (11, 13), 3, 2, [0, 0, 1, 1], False, (6, 4, 0)),  # the stem conv of an image (NCHW input)
+        (8, 64, (6, 6), 1, 1, [0, 0, 0, 0], True, (4, 8, 1)),
+    ],
+)
+def test_wide_dense_tiles_compute_the_conv(
+    c: int, co: int, hw: tuple, kernel: int, stride: int, pads: list, in_blocked: bool, tile: tuple
+) -> None:
+    """A register of two 8-channel blocks (16 lanes: AVX-512; LLVM splits them on narrower CPUs) computes the conv
+    exactly like its definition, on maps the pixel tiles do not divide and on padded, strided convs."""
+    from backends.tvm.kernel_tuning import BuiltKernel
+    from backends.tvm.schedules.nchwc import pack_blocked_bias, pack_blocked_weight
+
+    mr, vecs, outer = tile
+    shape = [1, c, *hw]
+    p = plan_blocked_conv(shape, [co, c, kernel, kernel], [stride] * 2, [1, 1], pads, TileConfig(8, 16),
+                          depthwise=False, in_blocked=in_blocked,
+                          tile={"mr": mr, "vecs": vecs, "channels_outer": outer, "wide": 1})  # fmt: skip
+    assert p.wide and (p.mr, p.vecs) == (mr, vecs)
+    func = blocked_conv_func(p, "float32", bias=True)
+    assert ",lanes16" in str(func.attrs["cacc.kernel"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, c, *hw)).astype(np.float32)
+    w = rng.standard_normal((co, c, kernel, kernel)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    kernel_ = BuiltKernel(func, host_target(1))
+    xb = x.reshape(1, c // 8, 8, *hw).transpose(0, 1, 3, 4, 2) if in_blocked else x
+    args = [np.ascontiguousarray(xb), pack_blocked_weight(w, p), pack_blocked_bias(bias, p)]
+    kernel_.args[:3] = [tvm.runtime.tensor(a, kernel_.dev) for a in args]
+    kernel_.rt_mod(*kernel_.args)
+    out = kernel_.args[3].numpy().reshape(co // 8, p.oh, p.ow, 8).transpose(0, 3, 1, 2).reshape(co, p.oh, p.ow)
+    np.testing.assert_allclose(out, _dense_reference(x, w, bias, p), rtol=1e-4, atol=1e-4)
+
+
+def test_default_dense_tiles_are_wide_where_registers_hold_two_blocks() -> None:
+    """On AVX-512 a dense conv whose output channels make whole block pairs takes a wide tile (a 7x4 one on a 7x7
+    map, one that pads a 4x4 map by at most 5% there), others keep 8-lane tiles; an odd-vector wide tile is an
+    error."""
+    narrow = TileConfig(8, 16)
+
+    def plan(co: int, hw: int, wide: TileConfig | None, tile: dict | None = None) -> BlockedConvPlan:
+        return plan_blocked_conv([1, 16, 1, hw], [co, 16, 1, 1], [1, 1], [1, 1], [0] * 4, narrow, depthwise=False,
+                                 in_blocked=True, tile=tile, wide=wide)  # fmt: skip
+
+    p = plan(32, 49, AVX512_REGS)
+    assert (p.wide, p.mr, p.vecs, p.channels_outer) == (True, 7, 4, True)
+    p = plan(48, 16, AVX512_REGS)
+    assert p.wide and 16 % p.mr == 0
+    assert not plan(24, 49, AVX512_REGS).wide  # three blocks: no pair
+    assert not plan(32, 49, None).wide  # AVX2
+    assert not plan(32, 49, TileConfig(4, 32)).wide  # NEON: 4 lanes, not two 8-channel blocks
+    with pytest.raises(ValueError, match="even number of vectors"):
+        plan(24, 49, AVX512_REGS, {"mr": 4, "vecs": 3, "wide": 1})
+
+
+def test_avx512_target_writes_the_chain_with_zmm_fmas() -> None:
+    """Emitted for an AVX-512 CPU, the blocked convs of whole block pairs run 512-bit FMAs (on this host's
+    numerics too, where it has AVX-512)."""
+    from backends.tvm.runtime import cpu_pipeline
+    from backends.tvm.schedules.tiling import has_feature
+
+    nodes, inits = _chain_nodes()
+    feeds = {"x": rand(1, 3, 19, 17)}
+    model = to_ir(make_model(nodes, feeds, ["y", "m"], inits))
+    infer_shapes(model)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2})
+    with target:
+        mod = emit_relax(model)
+    assert ",lanes16" in mod.script()
+    ex = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target))
+    asm = "\n".join(m.inspect_source("s") for m in ex.mod.imports if m.kind == "llvm")
+    assert re.search(r"vfmadd\w+ps\s+[^\n]*%zmm", asm)
+    if has_feature(host_target(), "avx512f"):
+        check_against_ort(nodes, feeds, ["y", "m"], inits, atol=1e-3, rtol=1e-4)

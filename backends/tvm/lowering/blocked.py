@@ -30,8 +30,9 @@ from backends.tvm.schedules.nchwc import (
     pack_blocked_bias,
     pack_blocked_weight,
     plan_blocked_conv,
+    wide_dense_tiles,
 )
-from backends.tvm.schedules.tiling import conv_block_config, emit_target
+from backends.tvm.schedules.tiling import conv_block_config, emit_target, target_lanes
 
 R = relax.op
 
@@ -116,6 +117,8 @@ def emit_blocked_conv2d(
     shape = static_shape(ctx, x_v)
     cfg = conv_block_config()
     b = cfg.lanes
+    full = target_lanes()
+    wide = full if full.lanes == 2 * b else None  # AVX-512 registers hold two 8-channel blocks
     if (
         (held is None and not wanted)
         or (held is not None and held.block != b)
@@ -137,7 +140,7 @@ def emit_blocked_conv2d(
 
     def plan(t: Tile | None) -> BlockedConvPlan:
         return plan_blocked_conv(
-            shape, w.shape, strides, dilations, pads, cfg, depthwise=depthwise, in_blocked=in_blocked, tile=t
+            shape, w.shape, strides, dilations, pads, cfg, depthwise=depthwise, in_blocked=in_blocked, tile=t, wide=wide
         )
 
     base = plan(None)
@@ -159,10 +162,18 @@ def emit_blocked_conv2d(
             for lp, pp, ip in pad_modes
         ]
     else:
-        default = {"mr": base.mr, "vecs": base.vecs, "channels_outer": int(base.channels_outer), "local_pad": 0}
+        default = {
+            "mr": base.mr,
+            "vecs": base.vecs,
+            "channels_outer": int(base.channels_outer),
+            "local_pad": 0,
+            "wide": int(base.wide),
+        }
+        tiles = [(mr, v, 1) for mr, v in wide_dense_tiles(base.co, b, wide)]
+        tiles += [(mr, v, 0) for mr, v in dense_tiles(base.co, cfg)]
         candidates = [
-            {"mr": mr, "vecs": v, "channels_outer": outer, "local_pad": 0}
-            for mr, v in dense_tiles(base.co, cfg)
+            {"mr": mr, "vecs": v, "channels_outer": outer, "local_pad": 0, "wide": wd}
+            for mr, v, wd in tiles
             for outer in (0, 1)
         ]
     if not base.pads_input:

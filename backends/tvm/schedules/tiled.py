@@ -31,13 +31,23 @@ def tile_attr(
     return f"{row},{col},{order}" + flags + (f",lanes{lanes}" if lanes else "")
 
 
+def _vectorize_loop(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int) -> None:
+    """Split ``loop`` into vectors of ``lanes``; a loop shorter than that which divides it (one 8-lane channel block
+    where the kernel computes 16 lanes) becomes one vector."""
+    extent = sch.get(loop).extent
+    if isinstance(extent, tirx.IntImm) and int(extent) < lanes and lanes % int(extent) == 0:
+        sch.vectorize(loop)
+        return
+    _outer, inner = sch.split(loop, factors=[None, lanes])
+    sch.vectorize(inner)
+
+
 def _vectorize_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
     """Parallel outer loops; the innermost (contiguous) loop split into vectors."""
     loops = sch.get_loops(block)
     if len(loops) > 1:
         sch.parallel(sch.fuse(*loops[:-1]))
-    _outer, inner = sch.split(loops[-1], factors=[None, lanes])
-    sch.vectorize(inner)
+    _vectorize_loop(sch, loops[-1], lanes)
 
 
 def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
@@ -83,11 +93,8 @@ def schedule_tiled(func: tirx.PrimFunc, lanes: int = 8) -> s_tir.Schedule:
         if isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0:
             sch.vectorize(sch.split(inner, factors=[None, lanes])[1])
     sch.reverse_compute_at(out, outer[-1], preserve_unit_loops=True)
-    o_loops = sch.get_loops(out)
-    inner = o_loops[-1]
     if nb % lanes == 0:
-        _io, ii = sch.split(inner, factors=[None, lanes])
-        sch.vectorize(ii)
+        _vectorize_loop(sch, sch.get_loops(out)[-1], lanes)
     # the accumulator tile stays a "global" buffer: allocated inside the parallel loop, a small global
     # buffer becomes a stack array (which LLVM keeps in registers), while a "local" one is a
     # TVMBackendAllocWorkspace / FreeWorkspace call pair per parallel iteration
