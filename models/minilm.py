@@ -196,8 +196,10 @@ def reference_embeddings(kind: int, n: int) -> np.ndarray:
 
 
 def evaluate(predict: Predict, limit: int | None = None) -> dict[str, float]:
-    """Noun -> gloss retrieval among the first ``limit`` (default 1,000) pairs: top-1 / top-5 accuracy, and
-    ``cos_fp32``, the mean cosine similarity of the embeddings to the fp32 model's."""
+    """Noun -> gloss retrieval among the first ``limit`` (default 1,000) pairs: top-1 / top-5 accuracy,
+    ``cos_fp32``, the mean cosine similarity of the embeddings to the fp32 model's, and ``top1_fp32``, the
+    fraction of nouns whose top-1 gloss is the fp32 model's (right or wrong: fidelity, where top-1 accuracy
+    moves by both lost and gained hits)."""
     noun_ids, noun_mask, gloss_ids, gloss_mask = _eval_tokens()
     n = check_limit(limit, len(noun_ids))
 
@@ -208,11 +210,14 @@ def evaluate(predict: Predict, limit: int | None = None) -> dict[str, float]:
     # Others at least as similar as the own gloss, up to float rounding: ties count against the model, so a
     # predictor that ignores its input scores 0.
     rank = (sims >= own - 1e-6).sum(axis=1) - 1
-    cos = np.concatenate([(nouns * reference_embeddings(0, n)).sum(1), (glosses * reference_embeddings(1, n)).sum(1)])
+    ref_nouns, ref_glosses = reference_embeddings(0, n), reference_embeddings(1, n)
+    cos = np.concatenate([(nouns * ref_nouns).sum(1), (glosses * ref_glosses).sum(1)])
+    same_top1 = sims.argmax(axis=1) == (ref_nouns @ ref_glosses.T).argmax(axis=1)
     return {
         "top1": float(np.mean(rank < 1)),
         "top5": float(np.mean(rank < 5)),
         "cos_fp32": float(np.mean(cos)),
+        "top1_fp32": float(np.mean(same_top1)),
         "n": float(n),
     }
 

@@ -149,6 +149,7 @@ def test_minilm_retrieval_well_above_chance(minilm_spec: models.ModelSpec) -> No
     assert metrics["top1"] <= metrics["top5"]
     assert metrics["top1"] >= 0.25
     assert metrics["cos_fp32"] == pytest.approx(1.0, abs=1e-6)  # the fp32 module itself
+    assert metrics["top1_fp32"] == 1.0
     # Ties count against the model: a predictor that ignores its input retrieves nothing.
     const = minilm_spec.evaluate(lambda ids, mask: np.ones((1, 384), np.float32), limit=50)
     assert const["top1"] == 0.0 and const["top5"] == 0.0
@@ -156,6 +157,7 @@ def test_minilm_retrieval_well_above_chance(minilm_spec: models.ModelSpec) -> No
     noise = minilm_spec.evaluate(lambda ids, mask: rng.standard_normal((1, 384)), limit=120)
     assert noise["top5"] < 0.2
     assert abs(noise["cos_fp32"]) < 0.05  # random directions in 384-d
+    assert noise["top1_fp32"] < 0.1  # chance: 1/120
 
 
 def test_minilm_cos_fp32_tracks_perturbation(minilm_spec: models.ModelSpec) -> None:
@@ -172,6 +174,7 @@ def test_minilm_cos_fp32_tracks_perturbation(minilm_spec: models.ModelSpec) -> N
 
     m = minilm_spec.evaluate(perturbed, limit=40)
     assert m["cos_fp32"] == pytest.approx(np.cos(0.2), abs=1e-5)
+    assert 0.5 < m["top1_fp32"] < 1.0  # a rotation this large moves some of the top-1 choices
 
 
 def test_minilm_calibration_mixes_nouns_and_glosses_disjoint_from_eval(minilm_spec: models.ModelSpec) -> None:
