@@ -57,3 +57,23 @@ def test_symbolic_batch_dim() -> None:
         x = rand(n, 4, seed=n)
         (got,) = exe.run({"x": x})
         np.testing.assert_allclose(got, np.maximum(x @ w, 0), atol=1e-5)
+
+
+def test_reused_input_tensors_keep_each_run_separate() -> None:
+    """``run`` copies inputs into the previous run's device tensors: outputs already returned, outputs that
+    alias an input (Identity), non-contiguous inputs and a change of batch size must all stay correct."""
+    nodes = [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Relu", ["x"], ["y"])]
+    proto = make_model(nodes, {"x": rand(2, 4)}, ["same", "y"], input_shapes={"x": ["N", 4]})
+    exe = build(to_ir(proto), host_target(1), num_threads=1)
+    a, b = rand(2, 4, seed=1), rand(4, 2, seed=2).T  # b is a transposed (Fortran-order) view
+    same_a, y_a = exe.run({"x": a})
+    same_b, y_b = exe.run({"x": b})
+    np.testing.assert_array_equal(same_a, a)  # not overwritten by the second run's copy
+    np.testing.assert_array_equal(y_a, np.maximum(a, 0))
+    np.testing.assert_array_equal(same_b, b)
+    np.testing.assert_array_equal(y_b, np.maximum(b, 0))
+    c = rand(3, 4, seed=3)
+    same_c, y_c = exe.run({"x": c})
+    np.testing.assert_array_equal(same_c, c)
+    np.testing.assert_array_equal(y_c, np.maximum(c, 0))
+    np.testing.assert_array_equal(exe.run({"x": a})[1], np.maximum(a, 0))
