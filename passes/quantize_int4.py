@@ -11,7 +11,8 @@ in fp16 beside the low-bit matrix, stored as flat int32 indices + fp16 values an
 dequantized weight with ``Reshape -> ScatterElements -> Reshape`` (6 bytes per outlier, counted).
 
 Options: ``bits`` (4 | 3), ``group_size`` (128; a layer whose input size K is smaller uses K,
-otherwise the largest divisor of K <= group_size that is >= 16, else a partial last group),
+otherwise the largest divisor of K <= group_size that is >= 16, else a partial last group; a Conv
+whose kernel per output channel, ``C/groups x kh x kw``, fits one group quantizes per output channel),
 ``symmetric``, ``method`` ("rtn" | "gptq", GPTQ needs calibration data), ``act_order``,
 ``damp``, ``block`` (GPTQ lazy-batch width), ``skip`` (node name globs), ``overrides`` (glob ->
 {bits, group_size, symmetric, method, outlier_fraction, skip}), ``outlier_fraction``,
@@ -202,13 +203,25 @@ def quantize_layer(
     group = effective_group(k, settings.group_size)
     mode = "sym" if settings.symmetric else "asym"
     if layer.op_type == "Conv":
+        # groups run along the input channels, one set per kernel tap; where a whole output channel's kernel
+        # fits one group (depthwise convs, a stem conv on 3 channels) it takes one scale per output channel:
+        # groups of 1 or 3 channels once stored a scale per weight or two, more than the fp32 weight
+        kernel = int(np.prod(w.shape[1:]))
+        per_channel = group < kernel <= settings.group_size
         q, p = quantize_weight(
-            w, layer.out_axis, layer.reduce_axis, settings.bits, symmetric=settings.symmetric, group_size=group
+            w,
+            layer.out_axis,
+            layer.reduce_axis,
+            settings.bits,
+            symmetric=settings.symmetric,
+            group_size=0 if per_channel else group,
         )
         p = QuantParams(p.scale, p.zero_point, 4, p.signed)
-        dq = quantize_weight_in_place(graph, layer, q, p, block_size=group, namer=namer)
-        note = "conv: round-to-nearest" if settings.method == "gptq" else ""
-        return f"int{settings.bits} g{group} {mode} rtn", _dq_bytes(dq), note
+        dq = quantize_weight_in_place(graph, layer, q, p, block_size=0 if per_channel else group, namer=namer)
+        notes = ["conv: round-to-nearest"] if settings.method == "gptq" else []
+        if per_channel:
+            notes.append(f"one group per output channel ({kernel} weights)")
+        return f"int{settings.bits} g{kernel if per_channel else group} {mode} rtn", _dq_bytes(dq), "; ".join(notes)
     w2 = _canonical(layer, w)
     use_gptq = settings.method == "gptq" and hessian is not None
     mask = None

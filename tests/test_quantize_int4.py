@@ -160,3 +160,26 @@ def test_conv_weights_rtn_match_ort() -> None:
     x = rng.standard_normal((1, 32, 6, 6)).astype(np.float32)
     ref = run(model, {"x": x})["y"]
     np.testing.assert_allclose(ort_run(ir.to_proto(model), {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 4])  # a conv on one input channel; a depthwise conv
+def test_small_conv_kernels_take_one_group_per_output_channel(groups: int) -> None:
+    """Groups along 1 input channel would store a scale per weight (bigger than fp32): a kernel that fits one
+    group gets one scale per output channel instead, and still matches the reference and ORT."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1], group=groups)
+    model = to_ir(make_model([node], [tensor("x", [1, groups, 6, 6])], [tensor("y", [1, 4, 6, 6])], [("w", w)]))
+    ctx = _quantize(model)
+    assert ctx.layers[0].action == "int4 g9 sym rtn"
+    (scale,) = [v.const_value.numpy() for name, v in model.graph.initializers.items() if name.endswith("_scale")]
+    assert scale.shape == (4,)
+    dq = next(n for n in model.graph if n.op_type == "DequantizeLinear")
+    assert dq.attributes["axis"].value == 0 and "block_size" not in dq.attributes
+    x = rng.standard_normal((1, groups, 6, 6)).astype(np.float32)
+    steps = _dequantized(model, {"x": x}, dq.outputs[0].name) / scale[:, None, None, None]
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-5)
+    assert steps.min() >= -8 and steps.max() <= 7
+    assert np.all(np.abs(steps * scale[:, None, None, None] - w) <= scale[:, None, None, None] / 2 + 1e-7)
+    ref = run(model, {"x": x})["y"]
+    np.testing.assert_allclose(ort_run(ir.to_proto(model), {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
