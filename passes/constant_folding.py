@@ -6,6 +6,12 @@ before any of its users is visited. Folding uses the reference kernels
 (``compiler.ir.ops.registry``), so the folded values are exactly what the interpreter computes.
 Nodes left without users are removed at the end. ``DequantizeLinear`` (and ORT's
 ``MatMulNBits``) of constant weights is never folded: that would undo quantization.
+
+A folded value that only feeds broadcasting arithmetic (``Add`` / ``Sub`` / ``Mul`` / ``Div``) is stored
+in its smallest broadcastable form: an axis along which every slice is bit-identical becomes size 1
+where another input still gives the output that extent (MiniLM's token-type embeddings, gathered for
+token 0 at every position, fold to one 384-float row instead of 128 copies). The results are the same
+bits: broadcasting repeats exactly the slice that was stored.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from passes.base import Pass, Property, register_pass
 NON_DETERMINISTIC = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial"}
 )
+
+#: Elementwise ops that broadcast their inputs, numpy-style (see :func:`compact_broadcast`).
+BROADCASTING = ("Add", "Sub", "Mul", "Div")
 
 #: A folded output larger than this many elements is only materialized when it is not much
 #: larger than the node's constant inputs: folding e.g. ``ConstantOfShape`` or ``Expand`` of a
@@ -70,6 +79,43 @@ def _constant_node(node: ir.Node) -> list[np.ndarray] | None:
         if name in ("value_int", "value_ints"):
             return [np.asarray(a.value, dtype=np.int64)]
     return None
+
+
+def _keeps_output_shape(value: ir.Value, shape: tuple[int, ...]) -> bool:
+    """Whether every user of ``value`` (all broadcasting ops) still has its output shape with ``value`` of
+    ``shape``: the other inputs' static shapes broadcast with it to the output's static shape."""
+    for use in value.uses():
+        node = use.node
+        out = static_shape(node.outputs[0]) if node.outputs else None
+        if not is_onnx_op(node, *BROADCASTING) or out is None:
+            return False
+        rest = [v for i, v in enumerate(node.inputs) if i != use.idx]
+        others = [static_shape(v) for v in rest]
+        if any(v is value for v in rest) or any(o is None for o in others):
+            return False
+        try:
+            if tuple(np.broadcast_shapes(shape, *others)) != out:  # type: ignore[arg-type]
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+def compact_broadcast(value: ir.Value, array: np.ndarray) -> np.ndarray:
+    """``array`` (the folded content of ``value``) with each axis whose slices are all bit-identical cut to
+    size 1, where every user of ``value`` broadcasts it and keeps its output shape; else ``array`` itself."""
+    if value.is_graph_output() or array.ndim == 0 or not value.uses() or array.dtype.kind not in "biuf":
+        return array
+    for axis in range(array.ndim):
+        if array.shape[axis] == 1:
+            continue
+        bits = array.view(f"u{array.itemsize}") if array.dtype.kind == "f" else array
+        if not (bits == np.take(bits, [0], axis=axis)).all():
+            continue
+        shape = (*array.shape[:axis], 1, *array.shape[axis + 1 :])
+        if _keeps_output_shape(value, shape):
+            array = np.ascontiguousarray(np.take(array, [0], axis=axis))
+    return array
 
 
 @register_pass
@@ -162,5 +208,6 @@ class FoldConstantsPass(Pass):
             value.name = namer(f"{name}__folded")
         else:
             name = namer(f"{value.name or 'folded'}_const")
+            array = compact_broadcast(value, array)
         init = add_initializer(graph, name, array)
         replace_value(value, init)

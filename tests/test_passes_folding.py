@@ -74,6 +74,38 @@ def test_fold_constants_skips_huge_outputs_of_small_inputs() -> None:
     assert any("2000000 elements" in r.reason for r in p.last_rejections)
 
 
+def test_folded_constants_repeated_along_an_axis_are_stored_once_where_users_broadcast() -> None:
+    """Gathering row 0 of a table at every position folds to one row when only an Add reads it (the output
+    shape comes from ``x``); read by an Add that takes its shape from the constant, or with rows differing
+    only in the sign of a zero, it keeps every row."""
+    table = _arr(3, 4)
+    signed = np.zeros((2, 4), F)
+    signed[1, 0] = -0.0
+    model = make_model(
+        [
+            helper.make_node("Gather", ["table", "zeros"], ["rows"]),  # [1, 5, 4], five copies of row 0
+            helper.make_node("Add", ["x", "rows"], ["y"]),
+            helper.make_node("Gather", ["table", "zeros"], ["rows2"]),
+            helper.make_node("Add", ["small", "rows2"], ["z"]),  # small is [1, 1, 4]: rows2 gives the 5
+            helper.make_node("Gather", ["signed", "ones"], ["zs"]),  # rows 0 and -0 at index 0
+            helper.make_node("Mul", ["x2", "zs"], ["w"]),
+        ],
+        {"x": (F, [1, 5, 4]), "small": (F, [1, 1, 4]), "x2": (F, [2, 4])},
+        ["y", "z", "w"],
+        {
+            "table": table,
+            "zeros": np.zeros((1, 5), np.int64),
+            "signed": signed,
+            "ones": np.array([0, 1], np.int64),
+        },
+    )
+    before = snapshot(model)
+    assert FoldConstantsPass()(model).modified
+    shapes = {n.outputs[0].name: tuple(n.inputs[1].shape) for n in model.graph if n.op_type in ("Add", "Mul")}
+    assert shapes == {"y": (1, 1, 4), "z": (1, 5, 4), "w": (2, 4)}
+    assert_same_numerics(before, model, feeds_for(model))
+
+
 # ----------------------------------------------------------------------------- remove_identity
 
 
