@@ -27,6 +27,7 @@ from passes._utils import (
     Namer,
     Rejection,
     add_initializer,
+    broadcast_shape,
     is_constant,
     is_onnx_op,
     node_label,
@@ -83,20 +84,14 @@ def _constant_node(node: ir.Node) -> list[np.ndarray] | None:
 
 def _keeps_output_shape(value: ir.Value, shape: tuple[int, ...]) -> bool:
     """Whether every user of ``value`` (all broadcasting ops) still has its output shape with ``value`` of
-    ``shape``: the other inputs' static shapes broadcast with it to the output's static shape."""
+    ``shape``: the other input's static shape broadcasts with it to the output's static shape."""
     for use in value.uses():
         node = use.node
-        out = static_shape(node.outputs[0]) if node.outputs else None
-        if not is_onnx_op(node, *BROADCASTING) or out is None:
+        if not is_onnx_op(node, *BROADCASTING) or len(node.inputs) != 2 or not node.outputs:
             return False
-        rest = [v for i, v in enumerate(node.inputs) if i != use.idx]
-        others = [static_shape(v) for v in rest]
-        if any(v is value for v in rest) or any(o is None for o in others):
-            return False
-        try:
-            if tuple(np.broadcast_shapes(shape, *others)) != out:  # type: ignore[arg-type]
-                return False
-        except ValueError:
+        other = node.inputs[1 - use.idx]
+        other_dims, out = static_shape(other), static_shape(node.outputs[0])
+        if other is value or other_dims is None or out is None or broadcast_shape(shape, other_dims) != out:
             return False
     return True
 
