@@ -208,16 +208,12 @@ def quantize_layer(
         # groups of 1 or 3 channels once stored a scale per weight or two, more than the fp32 weight
         kernel = int(np.prod(w.shape[1:]))
         per_channel = group < kernel <= settings.group_size
+        block = 0 if per_channel else group  # 0: per-channel parameters along the output axis
         q, p = quantize_weight(
-            w,
-            layer.out_axis,
-            layer.reduce_axis,
-            settings.bits,
-            symmetric=settings.symmetric,
-            group_size=0 if per_channel else group,
+            w, layer.out_axis, layer.reduce_axis, settings.bits, symmetric=settings.symmetric, group_size=block
         )
         p = QuantParams(p.scale, p.zero_point, 4, p.signed)
-        dq = quantize_weight_in_place(graph, layer, q, p, block_size=0 if per_channel else group, namer=namer)
+        dq = quantize_weight_in_place(graph, layer, q, p, block_size=block, namer=namer)
         notes = ["conv: round-to-nearest"] if settings.method == "gptq" else []
         if per_channel:
             notes.append(f"one group per output channel ({kernel} weights)")
