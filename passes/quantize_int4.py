@@ -10,9 +10,9 @@ SpQR-style outliers (``outlier_fraction``): the weights with the largest quantiz
 in fp16 beside the low-bit matrix, stored as flat int32 indices + fp16 values and written over the
 dequantized weight with ``Reshape -> ScatterElements -> Reshape`` (6 bytes per outlier, counted).
 
-Options: ``bits`` (4 | 3), ``group_size`` (128; a layer whose input size K is smaller uses K,
-otherwise the largest divisor of K <= group_size that is >= 16, else a partial last group; a Conv
-whose kernel per output channel, ``C/groups x kh x kw``, fits one group quantizes per output channel),
+Options: ``bits`` (4 | 3), ``group_size`` (128; a layer whose input size K is smaller uses K, a
+larger one groups of ``group_size`` and a partial last group; a Conv whose kernel per output
+channel, ``C/groups x kh x kw``, fits one group quantizes per output channel),
 ``symmetric``, ``method`` ("rtn" | "gptq", GPTQ needs calibration data), ``act_order``,
 ``damp``, ``block`` (GPTQ lazy-batch width), ``skip`` (node name globs), ``overrides`` (glob ->
 {bits, group_size, symmetric, method, outlier_fraction, skip}), ``outlier_fraction``,
@@ -116,16 +116,11 @@ class WeightOnlyOptions:
 
 
 def effective_group(k: int, group_size: int) -> int:
-    """The group size used for input size ``k``: ``k`` when ``k <= group_size``, else the largest
-    divisor of ``k`` that is <= ``group_size`` and >= 16, else ``group_size`` (partial last group)."""
-    if k <= group_size:
-        return k
-    if k % group_size == 0:
-        return group_size
-    for g in range(group_size, 15, -1):
-        if k % g == 0:
-            return g
-    return group_size
+    """The group size used for input size ``k``: ``k`` when ``k <= group_size``, else ``group_size``
+    with a partial last group. That is the fewest groups (scales) of at most ``group_size`` weights, and
+    a power-of-two ``group_size`` keeps the layer packable into ORT's MatMulNBits; an equal split into
+    more groups (K = 1,176 as 12 x 98 instead of 9 x 128 + 24) only adds scales."""
+    return min(k, group_size)
 
 
 def _canonical(layer: QuantLayer, w: np.ndarray) -> np.ndarray:

@@ -82,10 +82,10 @@ def _quantized_mlp(symmetric: bool, k: int = 128, group: int = 32) -> ir.Model:
     return model
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_pack_is_exact_and_runs_in_ort(symmetric: bool) -> None:
-    model = _quantized_mlp(symmetric)
-    x = np.random.default_rng(3).standard_normal((1, 5, 128)).astype(np.float32)
+@pytest.mark.parametrize(("symmetric", "k"), [(True, 128), (False, 128), (True, 80)])
+def test_pack_is_exact_and_runs_in_ort(symmetric: bool, k: int) -> None:
+    model = _quantized_mlp(symmetric, k=k)  # K = 80: groups of 32, 32 and a partial 16
+    x = np.random.default_rng(3).standard_normal((1, 5, k)).astype(np.float32)
     before = run(model, {"x": x})["y"]
     p = PackMatMulNBits()
     assert p(model).modified
@@ -94,22 +94,23 @@ def test_pack_is_exact_and_runs_in_ort(symmetric: bool) -> None:
     assert model.opset_imports["com.microsoft"] == 1
     nbits = model.graph.node(0)
     assert len(nbits.inputs) == (3 if symmetric else 4)  # zero points only when not all 8
-    assert nbits.inputs[1].const_value.shape == (64, 4, 16)  # type: ignore[union-attr]
+    assert nbits.inputs[1].const_value.shape == (64, -(-k // 32), 16)  # type: ignore[union-attr]
     np.testing.assert_array_equal(run(model, {"x": x})["y"], before)
     proto = to_standard_onnx(model)
     np.testing.assert_allclose(ort_run(proto, {"x": x})[0], before, rtol=1e-4, atol=1e-4)
     # The onnx target packs blocked int4 itself: same result from a model that still has DQ -> MatMul.
-    unpacked = _quantized_mlp(symmetric)
+    unpacked = _quantized_mlp(symmetric, k=k)
     exe = OnnxBackend().build(unpacked, BuildOptions())
     np.testing.assert_allclose(exe.run({"x": x})[0], before, rtol=1e-4, atol=1e-4)
 
 
 def test_rejections() -> None:
-    model = _quantized_mlp(True, k=40, group=40)  # mm1: block 40, not a power of two; mm2: K=64 -> 32
+    model = _quantized_mlp(True, k=40, group=40)  # mm1: one block of 40; mm2: K=64 in blocks of 40 and 24
     p = PackMatMulNBits()
     p(model)
-    assert [n.op_type for n in model.graph] == ["DequantizeLinear", "MatMul", "Relu", "MatMulNBits"]
-    assert [(r.node, r.reason) for r in p.last_rejections] == [("mm1", "block_size 40 is not a power of two >= 16")]
+    assert [n.op_type for n in model.graph] == ["DequantizeLinear", "MatMul", "Relu", "DequantizeLinear", "MatMul"]
+    reason = "block_size 40 is not a power of two >= 16"
+    assert [(r.node, r.reason) for r in p.last_rejections] == [("mm1", reason), ("mm2", reason)]
     other = to_ir(
         make_model(
             [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],

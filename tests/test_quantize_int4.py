@@ -146,8 +146,8 @@ def test_skip_and_overrides() -> None:
 def test_effective_group() -> None:
     assert effective_group(64, 128) == 64  # small K: one group per row
     assert effective_group(384, 128) == 128
-    assert effective_group(384 + 96, 128) == 120  # largest divisor <= 128
-    assert effective_group(2 * 131, 128) == 128  # 262 = 2 * 131: partial last group
+    assert effective_group(384 + 96, 128) == 128  # 3 x 128 + 96: 4 groups, as with 4 x 120
+    assert effective_group(1176, 128) == 128  # 9 x 128 + 24: 10 groups, not 12 x 98
 
 
 def test_conv_weights_rtn_match_ort() -> None:
