@@ -34,3 +34,27 @@ def test_profile_counts_calls_and_flops_of_each_kernel() -> None:
     # the 16x64 @ 64x32 GEMM: 2 * M * K * N operations (its row tile pads M, so allow the padding)
     assert 2 * 16 * 64 * 32 <= dense[0].flops <= 2 * 18 * 64 * 32
     assert all(r.seconds > 0 and r.total_ms == r.calls * r.seconds * 1e3 for r in rows.values())
+
+
+def test_in_model_times_cover_every_kernel_call() -> None:
+    from backends.tvm import build
+
+    x = rand(16, 64)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Softmax", ["h"], ["s1"], axis=-1),
+        helper.make_node("MatMul", ["s1", "w2"], ["h2"]),
+        helper.make_node("Softmax", ["h2"], ["y"], axis=-1),
+    ]
+    model = to_ir(make_model(nodes, {"x": x}, ["y"], {"w": rand(64, 32, seed=1), "w2": rand(32, 32, seed=2)}))
+    target = host_target(1)
+    mod, _ = profile_kernels.scheduled_module(model, target)
+    calls = {r.name: r.calls for r in profile_kernels.profile_module(mod, target, runs=3)}
+    exe = build(model, target, num_threads=1)
+    inside = profile_kernels.in_model_times(exe, [x], calls, runs=20)
+    # the hook sees exactly the kernels the module calls (names as built), each measured, none of the VM's builtins
+    assert set(inside.seconds) == set(calls)
+    assert all(t >= 0 for t in inside.seconds.values()) and sum(inside.seconds.values()) > 0
+    assert 0 < inside.hook_us < 50
+    # the kernels run inside the model's runs: their times sum to less than a run (the hook's cost taken off)
+    assert sum(inside.seconds.values()) * 1e3 < inside.model_ms
