@@ -259,3 +259,22 @@ def test_avx512_target_writes_the_chain_with_zmm_fmas() -> None:
     assert re.search(r"vfmadd\w+ps\s+[^\n]*%zmm", asm)
     if has_feature(host_target(), "avx512f"):
         check_against_ort(nodes, feeds, ["y", "m"], inits, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("op", "keepdims"), [("ReduceMean", 1), ("ReduceMax", 0), ("ReduceSum", 1)])
+def test_global_pool_of_a_blocked_map_reduces_it_blocked(op: str, keepdims: int) -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Conv", ["ar", "w1"], ["c"]),  # reads "ar" blocked, so writes "c" blocked
+        helper.make_node(op, ["c", "axes"], ["y"], keepdims=keepdims),
+    ]
+    inits = {"w0": rand(16, 3, 3, 3, seed=1), "w1": rand(24, 16, 1, 1, seed=2), "axes": np.array([2, 3], np.int64)}
+    feeds = {"x": rand(2, 3, 7, 9, seed=3)}
+    model = to_ir(make_model(nodes, feeds, ["y"], inits))
+    infer_shapes(model)
+    script = emit_relax(model)["main"].script()
+    # the map stays blocked: only the pooled [2, 3, 1, 1, 8] result is transposed to NCHW
+    assert re.findall(r"R\.permute_dims\((\w+)", script) and "R.Tensor((2, 3, 1, 1, 8)" in script, script
+    assert "R.Tensor((2, 24, 7, 9)" not in script, script
+    check_against_ort(nodes, feeds, ["y"], inits, atol=1e-3, rtol=1e-4)

