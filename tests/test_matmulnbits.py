@@ -120,3 +120,20 @@ def test_rejections() -> None:
         )
     )
     assert not PackMatMulNBits()(other).modified
+
+
+def test_weight_only_int8_matmul_keeps_fp32_activations_in_ort() -> None:
+    """ORT rewrites DequantizeLinear(int8 weight) -> MatMul into its own MatMulNBits and by default quantizes the
+    activations for it; cacc's onnx backend asks for fp32 activations, so the layer computes what the model says."""
+    rng = np.random.default_rng(5)
+    q = rng.integers(-127, 128, (64, 16)).astype(np.int8)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=1),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+    ]
+    inits = [("wq", q), ("ws", rng.uniform(0.01, 0.03, 16).astype(np.float32))]
+    model = to_ir(make_model(nodes, [tensor("x", [1, 5, 64])], [tensor("y", [1, 5, 16])], inits, opset=21))
+    x = rng.standard_normal((1, 5, 64)).astype(np.float32)
+    ref = run(model, {"x": x})["y"]
+    got = OnnxBackend().build(model, BuildOptions()).run({"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))

@@ -202,6 +202,9 @@ def _ort_session(path: Path, threads: int) -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    from backends.onnx import FP32_DQ_MATMUL
+
+    so.add_session_config_entry(*FP32_DQ_MATMUL)  # weight-only layers keep fp32 activations, as cacc's backend
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
