@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from compiler.errors import PassError
 from compiler.ir.ops.registry import CACC_DOMAIN, attr
-from passes._utils import Namer, add_initializer, node_label, take_over
+from passes._utils import Namer, add_initializer, drop_unused_initializers, node_label, take_over
 from passes.base import Pass, Property, register_pass
 
 _ACTIVATION_KEYS = ("activation", "activation_params")
@@ -72,6 +72,21 @@ class _Builder:
         raise PassError(f"cannot decompose activation '{name}'", node=where)
 
 
+def _bias_for(graph: ir.Graph, namer: Namer, label: str, w: ir.Value | None, bias: ir.Value, out: ir.Value) -> ir.Value:
+    """The bias ``Add`` input of a decomposed ``FusedMatMul``. A quantized layer's (weight from a
+    ``DequantizeLinear``) constant 1-D bias is stored at the output's rank (``[1, ..., 1, N]``, as torch's export
+    writes it): ONNX Runtime fuses ``MatMul`` + ``Add`` of a 1-D bias into ``Gemm`` before its QDQ fusions, and
+    a ``Gemm`` between ``DequantizeLinear`` nodes runs in fp32 instead of as an integer kernel."""
+    producer = w.producer() if w is not None else None
+    rank = len(out.shape) if out.shape is not None else 0
+    if producer is None or producer.op_type != "DequantizeLinear" or rank < 2 or bias.const_value is None:
+        return bias
+    arr = bias.const_value.numpy()
+    if arr.ndim != 1:
+        return bias
+    return add_initializer(graph, namer(f"{label}_bias_r{rank}"), arr.reshape([1] * (rank - 1) + [-1]), bias.dtype)
+
+
 def decompose_cacc_ops(model: ir.Model) -> bool:
     """Replace every cacc fused op of ``model`` by standard ops (in place); whether any was replaced."""
     graph = model.graph
@@ -94,7 +109,7 @@ def decompose_cacc_ops(model: ir.Model) -> bool:
         else:
             y = b.op("MatMul", inputs[:2])
             if len(inputs) > 2 and inputs[2] is not None:
-                y = b.op("Add", [y, inputs[2]])
+                y = b.op("Add", [y, _bias_for(graph, namer, label, inputs[1], inputs[2], out)])
         y.type, y.shape = out.type, out.shape
         name = attr(node, "activation", "")
         if name:
@@ -102,6 +117,7 @@ def decompose_cacc_ops(model: ir.Model) -> bool:
         graph.insert_before(node, b.nodes)
         take_over(out, y, namer)
         graph.remove(node, safe=True)
+        drop_unused_initializers(graph, [v for v in inputs[2:3] if v is not None])  # a bias stored reshaped
         changed = True
     if changed and not any(n.domain == CACC_DOMAIN for n in graph):
         model.opset_imports.pop(CACC_DOMAIN, None)

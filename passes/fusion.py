@@ -4,8 +4,8 @@
 Patterns (each step optional, at least one must be present):
 
 - ``Conv`` → ``Add`` of a per-channel constant → activation  ⇒  ``cacc::FusedConv``
-- ``MatMul`` by a constant 2-D weight → ``Add`` of a constant bias over the last axis → activation
-  ⇒  ``cacc::FusedMatMul``
+- ``MatMul`` by a constant 2-D weight (or the ``DequantizeLinear`` of one) → ``Add`` of a constant bias
+  over the last axis → activation  ⇒  ``cacc::FusedMatMul``
 - ``Gemm`` (``alpha = beta = 1``, ``transA = 0``, constant 2-D ``B``; ``transB`` is folded into
   a transposed copy of ``B``) → activation  ⇒  ``cacc::FusedMatMul``
 
@@ -43,6 +43,19 @@ from passes.base import Pass, Property, register_pass
 ACTIVATION_OPS = frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Gelu"})
 #: Ops that could extend a pattern: a multi-user value feeding one of these is worth reporting.
 _EXTENDERS = ACTIVATION_OPS | {"Add", "Mul"}
+
+
+def _weight_shape(b: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape of a MatMul weight known at compile time: a constant, or the ``DequantizeLinear`` of one (a
+    quantized layer's weight, whose bias and activation then fuse the same way), else ``None``."""
+    weight = constant(b)
+    if weight is not None:
+        return tuple(weight.shape)
+    dq = b.producer() if b is not None else None
+    if dq is None or not is_onnx_op(dq, "DequantizeLinear") or not dq.inputs:
+        return None
+    q = constant(dq.inputs[0])
+    return None if q is None else tuple(q.shape)
 
 
 @dataclass
@@ -249,8 +262,8 @@ class FuseBiasActivationPass(Pass):
 
     def _match_matmul(self, matmul: ir.Node) -> Match | str | None:
         a, b = matmul.inputs[0], matmul.inputs[1]
-        weight = constant(b)
-        if a is None or b is None or weight is None or weight.ndim != 2:
+        weight = _weight_shape(b)
+        if a is None or b is None or weight is None or len(weight) != 2:
             return None
         r = rank(a)
         if r is None or r < 2:
@@ -260,7 +273,7 @@ class FuseBiasActivationPass(Pass):
         found = self._bias_add(match)
         if found is not None:
             add, c = found
-            vector = _per_channel(c, r, weight.shape[1], -1)
+            vector = _per_channel(c, r, weight[1], -1)
             if vector is None:
                 self._reject(matmul, f"Add of shape {list(c.shape)} is not a bias over the last axis")
             else:

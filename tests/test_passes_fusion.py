@@ -225,3 +225,69 @@ def test_decompose_restores_standard_ops() -> None:
     assert ops(model) == {"MatMul": 1, "Add": 1, "Sigmoid": 1, "Mul": 1}
     assert "cacc" not in model.opset_imports
     assert_same_numerics(before, model, feeds_for(model))
+
+
+def test_fuse_quantized_matmul_bias_activation_keeps_the_dequantized_weight() -> None:
+    """A quantized layer's MatMul (weight = DequantizeLinear of an int8 constant) fuses its bias and activation
+    like a float one, with the DequantizeLinear left in front of it; decomposing restores the standard ops."""
+    q = np.random.default_rng(4).integers(-127, 128, (5, 4)).astype(np.int8)
+    model = make_model(
+        [
+            helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=1),
+            *_matmul_add(),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
+        {"x": (F, [2, 3, 5])},
+        ["y"],
+        {"wq": q, "ws": np.linspace(0.01, 0.04, 4).astype(F), "bias": _arr(4, seed=3)},
+    )
+    before = snapshot(model)
+    assert FuseBiasActivationPass()(model).modified
+    assert ops(model) == {"DequantizeLinear": 1, "cacc::FusedMatMul": 1}
+    fused = next(n for n in model.graph if n.op_type == "FusedMatMul")
+    assert fused.inputs[1] is not None and fused.inputs[1].name == "w" and attr(fused, "activation") == "Relu"
+    assert_same_numerics(before, model, feeds_for(model))
+    assert DecomposeCaccOpsPass()(model).modified
+    assert ops(model) == {"DequantizeLinear": 1, "MatMul": 1, "Add": 1, "Relu": 1}
+    assert_same_numerics(before, model, feeds_for(model))
+
+
+def test_decomposed_quantized_matmul_keeps_ort_integer_kernels(tmp_path) -> None:
+    """After fusion and decomposition a quantized MatMul's bias is stored at the output's rank, so ONNX Runtime's
+    QDQ fusion still makes an integer kernel of DQ -> MatMul -> Add (a 1-D bias lets its MatMul + Add -> Gemm
+    fusion run first, and the Gemm computes in fp32)."""
+    import onnxruntime as ort
+
+    from compiler.ir import infer_shapes
+
+    rng = np.random.default_rng(6)
+    model = make_model(
+        [
+            helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+            helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=1),
+            helper.make_node("MatMul", ["xd", "w"], ["m"]),
+            helper.make_node("Add", ["m", "bias"], ["y"]),
+        ],
+        {"x": (F, [1, 6, 16])},
+        ["y"],
+        {
+            "xs": np.array(0.05, F), "xz": np.array(128, np.uint8),
+            "wq": rng.integers(-127, 128, (16, 8)).astype(np.int8), "ws": np.full(8, 0.02, F),
+            "bias": _arr(8, seed=7),
+        },  # fmt: skip
+    )
+    before = snapshot(model)
+    FuseBiasActivationPass()(model)
+    assert ops(model)["cacc::FusedMatMul"] == 1
+    DecomposeCaccOpsPass()(model)
+    infer_shapes(model)
+    add = next(n for n in model.graph if n.op_type == "Add")
+    assert add.inputs[1] is not None and list(add.inputs[1].shape or []) == [1, 1, 8]
+    assert "bias" not in model.graph.initializers  # the 1-D original, replaced
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(snapshot(model), so, providers=["CPUExecutionProvider"])
+    optimized = {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+    assert "Gemm" not in optimized and "MatMul" not in optimized, optimized
+    assert_same_numerics(before, model, feeds_for(model))
