@@ -261,6 +261,8 @@ def test_decomposed_quantized_matmul_keeps_ort_integer_kernels(tmp_path) -> None
     from compiler.ir import infer_shapes
 
     rng = np.random.default_rng(6)
+    inits = {"xs": np.array(0.05, F), "xz": np.array(128, np.uint8), "ws": np.full(8, 0.02, F)}
+    inits |= {"wq": rng.integers(-127, 128, (16, 8)).astype(np.int8), "bias": _arr(8, seed=7)}
     model = make_model(
         [
             helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
@@ -271,11 +273,7 @@ def test_decomposed_quantized_matmul_keeps_ort_integer_kernels(tmp_path) -> None
         ],
         {"x": (F, [1, 6, 16])},
         ["y"],
-        {
-            "xs": np.array(0.05, F), "xz": np.array(128, np.uint8),
-            "wq": rng.integers(-127, 128, (16, 8)).astype(np.int8), "ws": np.full(8, 0.02, F),
-            "bias": _arr(8, seed=7),
-        },  # fmt: skip
+        inits,
     )
     before = snapshot(model)
     FuseBiasActivationPass()(model)
