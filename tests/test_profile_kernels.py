@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx_ir as ir
 from onnx import helper
 
 from backends.tvm import host_target
@@ -14,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import profile_kernels
 
 
-def test_profile_counts_calls_and_flops_of_each_kernel() -> None:
+def _two_layers() -> tuple[ir.Model, np.ndarray]:
+    """MatMul -> Softmax -> MatMul -> Softmax on a [16, 64] input, and that input."""
     x = rand(16, 64)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"]),
@@ -22,8 +25,11 @@ def test_profile_counts_calls_and_flops_of_each_kernel() -> None:
         helper.make_node("MatMul", ["s1", "w2"], ["h2"]),
         helper.make_node("Softmax", ["h2"], ["y"], axis=-1),
     ]
-    w = rand(64, 32, seed=1)
-    model = to_ir(make_model(nodes, {"x": x}, ["y"], {"w": w, "w2": rand(32, 32, seed=2)}))
+    return to_ir(make_model(nodes, {"x": x}, ["y"], {"w": rand(64, 32, seed=1), "w2": rand(32, 32, seed=2)})), x
+
+
+def test_profile_counts_calls_and_flops_of_each_kernel() -> None:
+    model, _x = _two_layers()
     target = host_target(2)
     mod, flops = profile_kernels.scheduled_module(model, target)
     rows = {r.name: r for r in profile_kernels.profile_module(mod, target, flops, runs=3)}
@@ -39,14 +45,7 @@ def test_profile_counts_calls_and_flops_of_each_kernel() -> None:
 def test_in_model_times_cover_every_kernel_call() -> None:
     from backends.tvm import build
 
-    x = rand(16, 64)
-    nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["h"]),
-        helper.make_node("Softmax", ["h"], ["s1"], axis=-1),
-        helper.make_node("MatMul", ["s1", "w2"], ["h2"]),
-        helper.make_node("Softmax", ["h2"], ["y"], axis=-1),
-    ]
-    model = to_ir(make_model(nodes, {"x": x}, ["y"], {"w": rand(64, 32, seed=1), "w2": rand(32, 32, seed=2)}))
+    model, x = _two_layers()
     target = host_target(1)
     mod, _ = profile_kernels.scheduled_module(model, target)
     calls = {r.name: r.calls for r in profile_kernels.profile_module(mod, target, runs=3)}
