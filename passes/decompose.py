@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from compiler.errors import PassError
 from compiler.ir.ops.registry import CACC_DOMAIN, attr
-from passes._utils import Namer, add_initializer, drop_unused_initializers, node_label, take_over
+from passes._utils import Namer, add_initializer, drop_unused_initializers, is_onnx_op, node_label, take_over
 from passes.base import Pass, Property, register_pass
 
 _ACTIVATION_KEYS = ("activation", "activation_params")
@@ -79,7 +79,7 @@ def _bias_for(graph: ir.Graph, namer: Namer, label: str, w: ir.Value | None, bia
     a ``Gemm`` between ``DequantizeLinear`` nodes runs in fp32 instead of as an integer kernel."""
     producer = w.producer() if w is not None else None
     rank = len(out.shape) if out.shape is not None else 0
-    if producer is None or producer.op_type != "DequantizeLinear" or rank < 2 or bias.const_value is None:
+    if producer is None or not is_onnx_op(producer, "DequantizeLinear") or rank < 2 or bias.const_value is None:
         return bias
     arr = bias.const_value.numpy()
     if arr.ndim != 1:

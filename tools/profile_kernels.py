@@ -125,13 +125,12 @@ def _hook_cost_per_call(runs: int = 200) -> float:
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     vm = relax.VirtualMachine(tvm.compile(bb.get(), target="llvm"), tvm.cpu(0))
-    times, _ = _instrumented(vm, [tvm.runtime.tensor(np.zeros(64, "float32"))], runs)
-    return times["tiny_kernel"] / 32
+    return _instrumented(vm, [tvm.runtime.tensor(np.zeros(64, "float32"))], runs)["tiny_kernel"] / 32
 
 
-def _instrumented(vm: object, args: list[object], runs: int) -> tuple[dict[str, float], float]:
+def _instrumented(vm: object, args: list[object], runs: int) -> dict[str, float]:
     """Seconds per run spent inside each kernel (by name) over ``runs`` instrumented runs of ``vm``'s ``main``
-    after warm-up runs, and the instrumented run's own seconds."""
+    after warm-up runs."""
     sums: dict[str, float] = collections.defaultdict(float)
     clock = time.perf_counter
     started = [0.0]
@@ -150,11 +149,9 @@ def _instrumented(vm: object, args: list[object], runs: int) -> tuple[dict[str, 
     for _ in range(max(3, runs // 10)):
         main(*args)
     sums.clear()
-    t0 = clock()
     for _ in range(runs):
         main(*args)
-    elapsed = (clock() - t0) / runs
-    return {name: total / runs for name, total in sums.items()}, elapsed
+    return {name: total / runs for name, total in sums.items()}
 
 
 @dataclass
@@ -181,7 +178,7 @@ def in_model_times(exe: object, inputs: list[np.ndarray], calls: dict[str, int],
         main(*args)
     model_ms = (time.perf_counter() - t0) / runs * 1e3
     hook = _hook_cost_per_call()
-    raw, _ = _instrumented(vm, args, runs)
+    raw = _instrumented(vm, args, runs)
     seconds = {name: max(t - hook * calls.get(name, 1), 0.0) for name, t in raw.items()}
     return InModelProfile(seconds, model_ms, hook * 1e6)
 
