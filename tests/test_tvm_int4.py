@@ -1,4 +1,5 @@
-"""TVM x86: 4-bit weight-only layers keep their weights 4-bit and unpack them in the kernel."""
+"""TVM x86: 4-bit weight-only layers keep their weights 4-bit and unpack them in the kernel (but for weights small
+enough to stay in cache, which run dequantized on the fp32 kernel)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from backends.tvm import build, host_target
+from backends.tvm.lowering import qweight
 from backends.tvm.relax_emitter import emit_relax
 from compiler.ir import run
 from tests.test_tvm_helpers import to_ir
@@ -71,7 +73,10 @@ def _model(layout: str, unsigned: bool, zero_point: bool, op: str) -> tuple[obje
         ("per_tensor", True, False, "MatMul"),
     ],
 )
-def test_int4_weight_only_kernel_matches_reference(layout: str, unsigned: bool, zero_point: bool, op: str) -> None:
+def test_int4_weight_only_kernel_matches_reference(
+    layout: str, unsigned: bool, zero_point: bool, op: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qweight, "RESIDENT_FP32_BYTES", 0)  # every 4-bit weight on the 4-bit kernel
     proto, feeds = _model(layout, unsigned, zero_point, op)
     model = to_ir(proto)
     mod = emit_relax(model)
@@ -91,3 +96,17 @@ def _constants(mod: object) -> list:
     found: list = []
     relax.analysis.post_order_visit(mod["main"], lambda e: found.append(e) if isinstance(e, tvm.ir.Constant) else None)
     return found
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_cache_resident_int4_weight_runs_on_the_fp32_kernel(resident: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4-bit weight whose fp32 copy fits :data:`qweight.RESIDENT_FP32_BYTES` is dequantized at compile time and
+    runs on the fp32 kernel (unpacking it every call would cost more than it saves); a larger one keeps the 4-bit
+    kernel. Both compute the reference's ``x @ dequantize(w)``."""
+    monkeypatch.setattr(qweight, "RESIDENT_FP32_BYTES", K * N * 4 if resident else K * N * 4 - 1)
+    proto, feeds = _model("blocked", False, True, "MatMul")
+    model = to_ir(proto)
+    kernels = [gv.name_hint for gv in emit_relax(model).get_global_vars() if gv.name_hint.startswith("cacc_")]
+    assert kernels == (["cacc_dense"] if resident else ["cacc_dense_int4"]), kernels
+    (y,) = build(model, host_target(2), num_threads=2).run(feeds)
+    np.testing.assert_allclose(y, run(model, feeds)["y"], rtol=1e-5, atol=1e-5)
