@@ -1,6 +1,8 @@
 """``quantize_weight_only``: low-bit (4- or 3-bit) weight-only group quantization, RTN or GPTQ.
 
-Each MatMul / Gemm weight (and Conv, round-to-nearest only) becomes an int4 initializer ->
+A ``Gemm`` layer first becomes ``MatMul`` (+ ``Add``) on its transposed weight (quantize_int8's exact
+``prepare_model``), so every dense weight is ``[K, N]``. Each MatMul weight (and Conv, round-to-nearest only)
+becomes an int4 initializer ->
 ``DequantizeLinear(axis = input-channel axis, block_size = group)`` -> the layer; 3-bit weights
 use the 3-bit range (-4..3, or 0..7 asymmetric) stored in int4. Optionally (``embeddings``) the
 tables of large ``Gather`` embeddings are quantized the same way (rows in groups) and gathered
@@ -284,6 +286,11 @@ class QuantizeWeightOnly(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Quantize every eligible layer's weight."""
         opts = self.parse_options(WeightOnlyOptions)
+        # the exact rewrites of quantize_int8: a Gemm layer becomes MatMul [K, N] (+ Add), so its bias and activation
+        # fuse with the 4-bit weight and the onnx target can pack it into MatMulNBits (blocked along K)
+        from passes.quantize_int8 import Int8Options, prepare_model
+
+        prepared = prepare_model(model, Int8Options(op_types=list(opts.op_types), skip=list(opts.skip)))
         layers = find_layers(model, opts.op_types, opts.skip)
         if opts.embeddings:
             layers += embedding_gathers(model, opts.skip)
@@ -301,7 +308,7 @@ class QuantizeWeightOnly(Pass):
             mask = token_mask_input(model) if opts.mask_padding else None
             hessians = collect_hessians(model, wants, feeds, mask)
         namer = Namer(model.graph)
-        modified = False
+        modified = prepared
         for layer in layers:
             s = settings[layer.name]
             before = weight_bytes(layer.weight)
