@@ -258,8 +258,14 @@ def _gemm_to_matmul(graph: ir.Graph, layer: QuantLayer, namer: Namer) -> None:
         bias = constant(c)
         if bias is not None and beta != 1.0:
             c = add_initializer(graph, namer(f"{c.name or label}_beta"), (bias * np.float32(beta)).astype(np.float32))
-        elif beta != 1.0:
-            raise PassError("Gemm with beta != 1 and a non-constant C cannot be quantized", node=label)
+        elif beta != 1.0:  # a run-time C: beta * C as its own Mul, the product the Gemm adds
+            factor = add_initializer(graph, namer(f"{label}_beta"), np.array(beta, np.float32))
+            mul = ir.Node("", "Mul", [c, factor], name=namer(f"{label}/beta"), num_outputs=1)
+            mul.outputs[0].name = namer(f"{label}_beta_c")
+            mul.outputs[0].dtype = ir.DataType.FLOAT
+            mul.outputs[0].shape = c.shape.copy() if c.shape is not None else None
+            nodes.append(mul)
+            c = mul.outputs[0]
         add = ir.Node("", "Add", [tail, c], name=namer(f"{label}/bias"), num_outputs=1)
         add.outputs[0].name = namer(f"{label}_biased")
         nodes.append(add)

@@ -160,6 +160,21 @@ def test_prepare_model_is_exact() -> None:
         assert not any(n.op_type == "Gemm" for n in model.graph)
 
 
+def test_prepare_model_rewrites_a_gemm_with_beta_and_a_run_time_c_exactly() -> None:
+    """``beta * C`` of a run-time C becomes its own Mul before the bias Add: the same products and sums as the
+    Gemm, so the rewrite is bit-exact (it used to be refused with a PassError)."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="gemm", transB=1, beta=0.5)]
+    inputs = [tensor("x", [4, 16]), tensor("c", [4, 8])]
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    model = to_ir(make_model(nodes, inputs, [tensor("y", [4, 8])], [("w", w)]))
+    feeds = {"x": rng.standard_normal((4, 16)).astype(np.float32), "c": rng.standard_normal((4, 8)).astype(np.float32)}
+    before = run(model, feeds)["y"]
+    assert prepare_model(model)
+    assert [n.op_type for n in model.graph] == ["MatMul", "Mul", "Add"]
+    np.testing.assert_array_equal(run(model, feeds)["y"], before)
+
+
 def test_skip_overrides_and_tiny_layers_are_recorded() -> None:
     model = to_ir(_cnn())
     feeds = [{"x": s[0]} for s in _samples((1, 8, 12, 12), 4)]
