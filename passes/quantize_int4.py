@@ -37,6 +37,7 @@ from passes.quant.gptq import GroupQuantized, gptq, rtn, select_outliers
 from passes.quant.hessian import collect_hessians, token_mask_input
 from passes.quant.layers import QuantLayer, find_layers, matches_any, quantize_weight_in_place, weight_bytes
 from passes.quant.scheme import QuantParams, quantize_weight
+from passes.quantize_int8 import Int8Options, prepare_model
 
 _LAYER_KEYS = {"bits", "group_size", "symmetric", "method", "outlier_fraction", "skip", "act_order"}
 #: Gather tables smaller than this many elements are left in float (nothing to gain).
@@ -288,8 +289,6 @@ class QuantizeWeightOnly(Pass):
         opts = self.parse_options(WeightOnlyOptions)
         # the exact rewrites of quantize_int8: a Gemm layer becomes MatMul [K, N] (+ Add), so its bias and activation
         # fuse with the 4-bit weight and the onnx target can pack it into MatMulNBits (blocked along K)
-        from passes.quantize_int8 import Int8Options, prepare_model
-
         prepared = prepare_model(model, Int8Options(op_types=list(opts.op_types), skip=list(opts.skip)))
         layers = find_layers(model, opts.op_types, opts.skip)
         if opts.embeddings:
@@ -299,7 +298,7 @@ class QuantizeWeightOnly(Pass):
         wants = [
             ly
             for ly in layers
-            if settings[ly.name].method == "gptq" and not settings[ly.name].skip and ly.op_type in ("MatMul", "Gemm")
+            if settings[ly.name].method == "gptq" and not settings[ly.name].skip and ly.op_type == "MatMul"
         ]
         if wants:
             feeds = list(self.calibration_feeds(minimum=1))
