@@ -81,9 +81,12 @@ class BuiltKernel:
     def __init__(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> None:
         from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-        with target:
-            sch = schedule_tiled(func, target_lanes(target).lanes)
-        self.rt_mod = tvm.tirx.build(sch.mod, target=target)
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs:  # a kernel written scheduled, in TIR
+            mod = tvm.IRModule({"main": func})
+        else:
+            with target:
+                mod = schedule_tiled(func, target_lanes(target).lanes).mod
+        self.rt_mod = tvm.tirx.build(mod, target=target)
         self.dev = tvm.cpu(0)
         rng = np.random.default_rng(0)
         self.args = [

@@ -14,6 +14,7 @@ from tvm import relax, tirx
 
 from backends.tvm.lowering.blocked import emit_blocked_conv2d
 from backends.tvm.lowering.common import (
+    CACC_DOMAIN,
     Blocked,
     Dim,
     EmitContext,
@@ -24,6 +25,7 @@ from backends.tvm.lowering.common import (
     norm_axis,
     scalar,
 )
+from backends.tvm.lowering.expand_depthwise import emit_expand_depthwise
 from backends.tvm.lowering.kernels import call_kernel, emit_batch_matmul, emit_conv2d, emit_dense, static_shape
 from backends.tvm.schedules.rowwise import layer_norm_func, softmax_func
 from backends.tvm.schedules.tiling import target_lanes
@@ -79,6 +81,12 @@ def emit_conv(
     w_arr, b_v = ctx.const(w_v), input_at(node, 2)
     b_arr = ctx.const(b_v)
     if n == 2 and w_arr is not None and (b_v is None or b_arr is not None):
+        if groups > 1:
+            fused = _emit_after_expansion(
+                ctx, x_v, w_arr, b_arr, strides, dilations, pads, groups, activation, activation_params
+            )
+            if fused is not None:
+                return fused, True
         out_v = node.outputs[0] if node.outputs else None
         args = (w_arr, b_arr, strides, dilations, pads, groups, activation, activation_params)
         blocked = emit_blocked_conv2d(ctx, x_v, out_v, *args)
@@ -102,6 +110,46 @@ def emit_conv(
         )
         y = ctx.emit(R.add(y, b))
     return y, False
+
+
+def _emit_after_expansion(
+    ctx: EmitContext,
+    x_v: ir.Value,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    strides: list[int],
+    dilations: list[int],
+    pads: list[int],
+    groups: int,
+    activation: str,
+    activation_params: Sequence[float],
+) -> Blocked | None:
+    """A depthwise conv fused with the 1x1 expansion conv producing ``x_v`` (its only reader), when
+    :func:`emit_expand_depthwise` takes the pair; else ``None``."""
+    expand = x_v.producer()
+    if (
+        expand is None
+        or x_v.is_graph_output()
+        or len(x_v.uses()) != 1
+        or not (
+            (expand.domain in ("", "ai.onnx") and expand.op_type == "Conv")
+            or (expand.domain == CACC_DOMAIN and expand.op_type == "FusedConv")
+        )
+        or int(attr(expand, "group", 1)) != 1
+        or not (groups == int(w.shape[0]) and int(w.shape[1]) == 1)  # depthwise: one filter per channel
+    ):
+        return None
+    xin_v, w1_v, b1_v = expand.inputs[0], expand.inputs[1], input_at(expand, 2)
+    w1, b1 = ctx.const(w1_v), ctx.const(b1_v)
+    if xin_v is None or w1 is None or w1.shape[2:] != (1, 1) or (b1_v is not None and b1 is None):
+        return None
+    s1, d1, p1 = _spatial_params(ctx, expand, ctx.shape(xin_v), [1, 1])
+    if any(v != 1 for v in s1 + d1) or any(p1):
+        return None
+    act1 = (attr(expand, "activation", "") or "", [float(v) for v in attr(expand, "activation_params", []) or []])
+    return emit_expand_depthwise(
+        ctx, xin_v, (w1, b1, act1), (w, bias, (activation, activation_params)), strides, dilations, pads
+    )
 
 
 @lowering("Conv")
