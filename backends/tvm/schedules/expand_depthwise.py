@@ -2,17 +2,20 @@
 
 An inverted-residual block (MobileNetV2, EfficientNet) expands ``C`` channels to ``Ce`` with a 1x1 conv and
 runs a ``KH x KW`` depthwise conv on the result. On early, large maps the expanded map does not fit the L2
-cache (EfficientNet-Lite0's first one is 112 x 112 x 96 fp32, 4.8 MB): the two separate kernels write it to
-memory and read it back. Here each parallel task owns ``G`` channel blocks and a band of output rows and keeps
-only the last ``KH`` expanded rows, in a ring indexed by ``row % KH``: for each output row it computes the
-``stride`` rows it has not computed yet (all ``KH`` for its first row), then the depthwise row from the ring.
+cache (EfficientNet-Lite0's 112 x 112 x 96 and 56 x 56 x 144 fp32 maps, 4.8 and 1.8 MB): the two separate
+kernels write it to memory and read it back. Here each parallel task owns ``G`` channel blocks and a band of
+output rows and keeps only the last ``KH`` expanded rows, in a ring indexed by ``row % KH``: for each output row
+it computes the ``stride`` rows it has not computed yet (all ``KH`` for its first row), then the depthwise row
+from the ring.
 Every expanded row is computed once per task (bands recompute ``KH - stride`` rows each).
 
 The kernel is written directly in TIR (a rolling buffer whose row loop has a data-dependent extent is not
 something TE + schedule primitives express): register tiles are ``mr_e`` pixels x the group's ``G b``
 channels for the expansion and ``mr_d`` pixels x ``G b`` for the depthwise conv, vectorised in registers of
-``V`` lanes. Input and output are channel-blocked ``[N, C/b, H, W, b]`` (:mod:`backends.tvm.schedules.nchwc`);
-the expansion reads its input zero-padded by clamping indices and masking the padded ring entries to zero.
+``V`` lanes. Input and output are channel-blocked ``[N, C/b, H, W, b]`` (:mod:`backends.tvm.schedules.nchwc`).
+The ring holds padded rows: its padding columns are zeroed once per task and padding rows when they enter, so the
+expansion reads only inside its input, at affine addresses (its last tile of a row overlaps the one before
+instead of running past the row's end; clamped addresses had cost 15-25% of the kernel's time).
 """
 
 from __future__ import annotations
@@ -27,21 +30,22 @@ from tvm.script import tirx as T
 from backends.tvm.schedules.epilogue import activation_expr
 from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
 
-#: Accumulator registers of the default expansion tile (``mr_e`` pixels x the group's vectors). Measured on a
-#: 2-core Xeon (AVX-512) over EfficientNet-Lite0's expansions on 112 x 112 and 56 x 56 maps: 6 pixels won with
-#: 32-channel groups (two vectors), 12 with 16-channel groups, 4 with 48-channel groups.
+#: The default expansion tile: the widest of :data:`EXPAND_WIDTHS` up to 8 pixels with at most this many
+#: accumulator registers (``mr_e`` pixels x the group's vectors). Measured on a 2-core Xeon (AVX-512) over
+#: EfficientNet-Lite0's expansions on 112 x 112 and 56 x 56 maps: 8 pixels of one vector (16-channel groups),
+#: 6 of two (32-channel groups) were at or within noise of the best.
 EXPAND_ACCUMULATORS = 12
-#: Other expansion tile widths (pixels) worth trying.
+#: Expansion tile widths (pixels) worth trying.
 EXPAND_WIDTHS = (12, 8, 6, 4, 3, 2)
 #: Depthwise tile width (output pixels): the separate depthwise kernel's measured default.
 DEPTHWISE_WIDTH = 7
 #: Row bands per channel group (parallel tasks = groups x bands); each band recomputes ``KH - stride`` rows.
 BANDS = 2
 #: Fuse only when the expanded fp32 map is larger than this. Measured inside EfficientNet-Lite0's int8 model
-#: (2-core Xeon, 2 MB L2 a core, 2 threads): its 112 x 112 x 96 map (4.8 MB) went from 320 us for the two
-#: kernels to 224-240 fused; its 56 x 56 x 144 maps (1.8 MB, half of it per core) lost 15-25 us fused (the
-#: separate 1x1 kernel's wider register tiles); the 28 x 28 x 240 ones (750 KB) lost standalone.
-MIN_EXPANDED_BYTES = 2 << 20
+#: (2-core Xeon, 2 MB L2 a core, 2 threads, 10 alternating rounds): fusing its 112 x 112 x 96 and 56 x 56 x 144
+#: maps (4.8 and 1.8 MB) ran 2.88-2.91 ms against 3.06-3.07 unfused; fusing the 28 x 28 x 240 ones (750 KB,
+#: they stay in L2 between the two kernels) as well, 3.41.
+MIN_EXPANDED_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,9 @@ class ExpandDepthwisePlan:
 
     @property
     def ring_width(self) -> int:
-        """Columns of the ring: every (padded) input column the depthwise tiles read, in whole expansion tiles."""
+        """Columns of the ring: the padded input columns, and all the depthwise tiles read."""
         tiles = ceil_to(self.ow, self.mr_d)
-        return ceil_to((tiles - 1) * self.stride[1] + self.kw, self.mr_e)
+        return max((tiles - 1) * self.stride[1] + self.kw, self.pad[1] + self.w)
 
 
 def fusable(
@@ -126,8 +130,8 @@ def plan_candidates(
     out: list[ExpandDepthwisePlan] = []
     for g in group_choices(ce, block, lanes):
         vecs = max(g * block // lanes, 1)
-        fit = [m for m in EXPAND_WIDTHS if fits_registers(m, vecs, cfg)] or [1]
-        first = max((m for m in fit if m * vecs <= EXPAND_ACCUMULATORS), default=fit[-1])
+        fit = [m for m in EXPAND_WIDTHS if fits_registers(m, vecs, cfg) and m <= w] or [1]
+        first = max((m for m in fit if m * vecs <= EXPAND_ACCUMULATORS and m <= 8), default=fit[-1])
         widths = [first, *[m for m in fit if m != first][:2]]
         for bands in (BANDS, 2 * BANDS):
             for m in widths:
@@ -180,7 +184,7 @@ def expand_depthwise_func(
     (sh, sw), (pt, pl, _pb, _pr) = p.stride, p.pad
     oh, ow = p.oh, p.ow
     owt = ceil_to(ow, mr_d) // mr_d
-    wn = p.ring_width
+    wn, wte = p.ring_width, -(-p.w // mr_e)
     ng, cb, nv, bands = p.ce // gc, p.c // b, gc // lanes, p.bands
     rows = -(-oh // bands)  # output rows per band
     zero = tirx.const(0.0, "float32")
@@ -207,33 +211,39 @@ def expand_depthwise_func(
             eacc = T.decl_buffer((mr_e, gc), "float32")
             dacc = T.decl_buffer((mr_d, gc), "float32")
             g = task // bands
+            for row, x, v in T.grid(kh, wn - w, nv):  # the padding columns, never written below
+                for ln in T.vectorized(lanes):
+                    ring[row, T.Select(x < pl, x, x + w), v * lanes + ln] = zero
             for oyi in range(T.min(rows, oh - task % bands * rows)):
                 oy = task % bands * rows + oyi
                 first = T.Select(oyi == 0, 0, kh - sh)  # ring rows already computed
                 for rr in range(kh - first):
                     r = oy * sh + first + rr  # padded input row
-                    ry = T.max(T.min(r - pt, h - 1), 0)
-                    for xo in range(wn // mr_e):
-                        for xi in T.unroll(mr_e):
-                            for v in T.unroll(nv):
-                                for ln in T.vectorized(lanes):
-                                    eacc[xi, v * lanes + ln] = zero
-                        for rco in range(cb):
-                            for rci in range(b):
-                                for xi in T.unroll(mr_e):
-                                    for v in T.unroll(nv):
-                                        for ln in T.vectorized(lanes):
-                                            eacc[xi, v * lanes + ln] = eacc[xi, v * lanes + ln] + X[
-                                                0, rco, ry, T.max(T.min(xo * mr_e + xi - pl, w - 1), 0), rci
-                                            ] * W1[g, rco, rci, v * lanes + ln]
-                        for xi in T.unroll(mr_e):
-                            for v in T.unroll(nv):
-                                for ln in T.vectorized(lanes):
-                                    ring[r % kh, xo * mr_e + xi, v * lanes + ln] = T.if_then_else(
-                                        r >= pt and r < pt + h and xo * mr_e + xi >= pl and xo * mr_e + xi < pl + w,
-                                        act1(eacc[xi, v * lanes + ln] + B1[g, v * lanes + ln]),
-                                        zero,
-                                    )
+                    if r >= pt and r < pt + h:
+                        for xo in range(wte):
+                            x0 = T.min(xo * mr_e, w - mr_e)  # the last tile overlaps its neighbour: reads stay in X
+                            for xi in T.unroll(mr_e):
+                                for v in T.unroll(nv):
+                                    for ln in T.vectorized(lanes):
+                                        eacc[xi, v * lanes + ln] = zero
+                            for rco in range(cb):
+                                for rci in range(b):
+                                    for xi in T.unroll(mr_e):
+                                        for v in T.unroll(nv):
+                                            for ln in T.vectorized(lanes):
+                                                eacc[xi, v * lanes + ln] = eacc[xi, v * lanes + ln] + X[
+                                                    0, rco, r - pt, x0 + xi, rci
+                                                ] * W1[g, rco, rci, v * lanes + ln]
+                            for xi in T.unroll(mr_e):
+                                for v in T.unroll(nv):
+                                    for ln in T.vectorized(lanes):
+                                        ring[r % kh, pl + x0 + xi, v * lanes + ln] = act1(
+                                            eacc[xi, v * lanes + ln] + B1[g, v * lanes + ln]
+                                        )
+                    else:
+                        for x, v in T.grid(wn, nv):
+                            for ln in T.vectorized(lanes):
+                                ring[r % kh, x, v * lanes + ln] = zero
                 for xt in range(owt):
                     for xi in T.unroll(mr_d):
                         for v in T.unroll(nv):
