@@ -42,7 +42,8 @@ _LAYOUT_FREE = {"Add": R.add, "Relu": R.nn.relu}
 _QUANT = ("QuantizeLinear", "DequantizeLinear")
 
 
-def _is_conv(node: ir.Node) -> bool:
+def is_conv(node: ir.Node) -> bool:
+    """Whether ``node`` is an ONNX ``Conv`` or a ``cacc::FusedConv``."""
     return (node.domain in ("", "ai.onnx") and node.op_type == "Conv") or (
         node.domain == CACC_DOMAIN and node.op_type == "FusedConv"
     )
@@ -75,7 +76,7 @@ def plan_blocked_values(graph: ir.Graph) -> set[str]:
         if out is None or not out.name or (out.shape is not None and len(out.shape) != 4):
             continue
         inputs_blocked = all(v is not None and v.name in blockable for v in _data_inputs(node))
-        if _is_conv(node) or (_is_layout_free(node) and inputs_blocked):
+        if is_conv(node) or (_is_layout_free(node) and inputs_blocked):
             blockable.add(out.name)
     prefer: set[str] = set()
     for node in reversed(nodes):
@@ -83,7 +84,7 @@ def plan_blocked_values(graph: ir.Graph) -> set[str]:
         if out is None or out.name not in blockable:
             continue
         for user, _idx in out.uses():
-            if _is_conv(user) or (_is_layout_free(user) and user.outputs[0].name in prefer):
+            if is_conv(user) or (_is_layout_free(user) and user.outputs[0].name in prefer):
                 prefer.add(out.name)
                 break
     return prefer

@@ -114,6 +114,8 @@ class EmitContext:
         self.blocked: dict[str, Blocked] = {}
         #: values whose producer should write them channel-blocked (their consumers read that layout)
         self.prefer_blocked: set[str] = set()
+        #: values a fused kernel computed from their producer's input (the producer's own call is dead)
+        self.fused_values: set[str] = set()
         self._const_cache: dict[str, relax.Expr] = {}
 
     # -- binding

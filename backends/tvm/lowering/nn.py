@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 from tvm import relax, tirx
 
-from backends.tvm.lowering.blocked import emit_blocked_conv2d
+from backends.tvm.lowering.blocked import emit_blocked_conv2d, is_conv
 from backends.tvm.lowering.common import (
-    CACC_DOMAIN,
     Blocked,
     Dim,
     EmitContext,
@@ -25,6 +25,7 @@ from backends.tvm.lowering.common import (
     norm_axis,
     scalar,
 )
+from backends.tvm.lowering.depthwise_project import emit_depthwise_project
 from backends.tvm.lowering.expand_depthwise import emit_expand_depthwise
 from backends.tvm.lowering.kernels import call_kernel, emit_batch_matmul, emit_conv2d, emit_dense, static_shape
 from backends.tvm.schedules.rowwise import layer_norm_func, softmax_func
@@ -81,12 +82,11 @@ def emit_conv(
     w_arr, b_v = ctx.const(w_v), input_at(node, 2)
     b_arr = ctx.const(b_v)
     if n == 2 and w_arr is not None and (b_v is None or b_arr is not None):
-        if groups > 1:
-            fused = _emit_after_expansion(
-                ctx, x_v, w_arr, b_arr, strides, dilations, pads, groups, activation, activation_params
-            )
-            if fused is not None:
-                return fused, True
+        fused = _emit_fused_pair(
+            ctx, node, w_arr, b_arr, strides, dilations, pads, groups, (activation, activation_params)
+        )
+        if fused is not None:
+            return fused, True
         out_v = node.outputs[0] if node.outputs else None
         args = (w_arr, b_arr, strides, dilations, pads, groups, activation, activation_params)
         blocked = emit_blocked_conv2d(ctx, x_v, out_v, *args)
@@ -112,44 +112,75 @@ def emit_conv(
     return y, False
 
 
-def _emit_after_expansion(
+@dataclass(frozen=True)
+class _ProducerConv:
+    """A 2-D conv whose output the conv being lowered reads, and only it: constant weight and bias, geometry
+    and activation."""
+
+    x: ir.Value
+    w: np.ndarray
+    bias: np.ndarray | None
+    strides: list[int]
+    dilations: list[int]
+    pads: list[int]
+    groups: int
+    activation: tuple[str, list[float]]
+
+    @property
+    def depthwise(self) -> bool:
+        """One filter per channel."""
+        return self.groups == int(self.w.shape[0]) and int(self.w.shape[1]) == 1
+
+
+def _producer_conv(ctx: EmitContext, x_v: ir.Value) -> _ProducerConv | None:
+    conv = x_v.producer()
+    if conv is None or x_v.is_graph_output() or len(x_v.uses()) != 1 or not is_conv(conv):
+        return None
+    xin_v, w_v, b_v = conv.inputs[0], conv.inputs[1], input_at(conv, 2)
+    w, bias = ctx.const(w_v), ctx.const(b_v)
+    if xin_v is None or w is None or w.ndim != 4 or (b_v is not None and bias is None):
+        return None
+    strides, dilations, pads = _spatial_params(ctx, conv, ctx.shape(xin_v), [int(k) for k in w.shape[2:]])
+    act = (attr(conv, "activation", "") or "", [float(v) for v in attr(conv, "activation_params", []) or []])
+    return _ProducerConv(xin_v, w, bias, strides, dilations, pads, int(attr(conv, "group", 1)), act)
+
+
+def _pointwise(w: np.ndarray, groups: int, strides: list[int], dilations: list[int], pads: list[int]) -> bool:
+    return groups == 1 and w.shape[2:] == (1, 1) and all(v == 1 for v in strides + dilations) and not any(pads)
+
+
+def _emit_fused_pair(
     ctx: EmitContext,
-    x_v: ir.Value,
+    node: ir.Node,
     w: np.ndarray,
     bias: np.ndarray | None,
     strides: list[int],
     dilations: list[int],
     pads: list[int],
     groups: int,
-    activation: str,
-    activation_params: Sequence[float],
+    activation: tuple[str, Sequence[float]],
 ) -> Blocked | None:
-    """A depthwise conv fused with the 1x1 expansion conv producing ``x_v`` (its only reader), when
-    :func:`emit_expand_depthwise` takes the pair; else ``None``."""
-    expand = x_v.producer()
-    if (
-        expand is None
-        or x_v.is_graph_output()
-        or len(x_v.uses()) != 1
-        or not (
-            (expand.domain in ("", "ai.onnx") and expand.op_type == "Conv")
-            or (expand.domain == CACC_DOMAIN and expand.op_type == "FusedConv")
-        )
-        or int(attr(expand, "group", 1)) != 1
-        or not (groups == int(w.shape[0]) and int(w.shape[1]) == 1)  # depthwise: one filter per channel
-    ):
+    """``node`` (a 2-D conv with constant weight ``w``) computed in one kernel with the conv producing its input,
+    when that conv's output is read only here: a depthwise conv after a 1x1 expansion
+    (:func:`emit_expand_depthwise`), or a 1x1 projection after a depthwise conv not already fused that way
+    (:func:`emit_depthwise_project`); ``None`` when neither applies."""
+    x_v = node.inputs[0]
+    first = _producer_conv(ctx, x_v) if x_v is not None else None
+    if x_v is None or first is None:
         return None
-    xin_v, w1_v, b1_v = expand.inputs[0], expand.inputs[1], input_at(expand, 2)
-    w1, b1 = ctx.const(w1_v), ctx.const(b1_v)
-    if xin_v is None or w1 is None or w1.shape[2:] != (1, 1) or (b1_v is not None and b1 is None):
-        return None
-    s1, d1, p1 = _spatial_params(ctx, expand, ctx.shape(xin_v), [1, 1])
-    if any(v != 1 for v in s1 + d1) or any(p1):
-        return None
-    act1 = (attr(expand, "activation", "") or "", [float(v) for v in attr(expand, "activation_params", []) or []])
-    return emit_expand_depthwise(
-        ctx, xin_v, (w1, b1, act1), (w, bias, (activation, activation_params)), strides, dilations, pads
-    )
+    second = (w, bias, activation)
+    y: Blocked | None = None
+    if groups == int(w.shape[0]) and int(w.shape[1]) == 1 and groups > 1:
+        if _pointwise(first.w, first.groups, first.strides, first.dilations, first.pads):
+            y = emit_expand_depthwise(
+                ctx, first.x, (first.w, first.bias, first.activation), second, strides, dilations, pads
+            )
+    elif _pointwise(w, groups, strides, dilations, pads) and first.depthwise and x_v.name not in ctx.fused_values:
+        spec = (first.w, first.bias, first.activation)
+        y = emit_depthwise_project(ctx, first.x, spec, second, first.strides, first.dilations, first.pads)
+    if y is not None and node.outputs and node.outputs[0] is not None:
+        ctx.fused_values.add(node.outputs[0].name or "")
+    return y
 
 
 @lowering("Conv")

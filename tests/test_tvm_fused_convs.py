@@ -1,8 +1,9 @@
-"""TVM backend: a 1x1 expansion conv fused with the depthwise conv reading it (rolling buffer of rows).
+"""TVM backend: pairs of convs computed by one kernel.
 
-The kernel against torch's two convs for every plan the tuner may pick (strided, asymmetrically padded,
-row bands and columns that do not divide the tiles, each activation), the lowering's choice of which pairs
-to fuse, and the fused graph against onnxruntime.
+A 1x1 expansion conv fused with the depthwise conv reading it (rolling buffer of rows), and a depthwise conv
+fused with the 1x1 projection reading it (one row at a time): each kernel against torch's two convs for every
+plan the tuner may pick (strided, asymmetrically padded, row bands and columns that do not divide the tiles,
+each activation), the lowering's choice of which pairs to fuse, and the fused graphs against onnxruntime.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import tvm
 from onnx import helper
 
+import backends.tvm.schedules.depthwise_project as dp
 import backends.tvm.schedules.expand_depthwise as ed
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.schedules.tiling import TileConfig
@@ -126,14 +128,16 @@ def _kernels(nodes: Sequence, inits: dict, outputs: list[str], feeds: dict) -> l
 
 @pytest.fixture
 def fuse_small_maps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fuse whatever the kernel takes (the test maps are far smaller than the real threshold)."""
+    """Fuse whatever the kernels take (the test maps are far smaller than the real thresholds)."""
     monkeypatch.setattr(ed, "MIN_EXPANDED_BYTES", 0)
+    monkeypatch.setattr(dp, "MIN_DEPTHWISE_BYTES", 0)
 
 
 @pytest.mark.usefixtures("fuse_small_maps")
 def test_expansion_read_only_by_the_depthwise_conv_is_fused() -> None:
     nodes, inits, outputs = _block_nodes()
     feeds = {"x": rand(1, 16, 15, 14, seed=7)}
+    # the projection stays its own kernel: the depthwise conv it reads is already fused with the expansion
     assert _kernels(nodes, inits, outputs, feeds) == ["cacc_expand_depthwise", "cacc_conv2d_nchwc"]
     check_against_ort(nodes, feeds, outputs, inits, atol=1e-4, rtol=1e-5)
 
@@ -143,7 +147,8 @@ def test_expansion_with_another_reader_is_not_fused() -> None:
     nodes, inits, outputs = _block_nodes(extra_reader=True)
     feeds = {"x": rand(1, 16, 15, 14, seed=8)}
     kernels = _kernels(nodes, inits, outputs, feeds)
-    assert "cacc_expand_depthwise" not in kernels and "cacc_depthwise_conv2d_nchwc" in kernels
+    # the depthwise conv then pairs with the projection instead
+    assert kernels == ["cacc_conv2d_nchwc", "cacc_depthwise_project", "cacc_conv2d_nchwc"]
     check_against_ort(nodes, feeds, outputs, inits, atol=1e-4, rtol=1e-5)
 
 
@@ -183,11 +188,98 @@ def test_tile_search_builds_and_times_every_fused_candidate(tmp_path) -> None:  
     from backends.tvm.kernel_tuning import collect_kernels, tune_kernels
     from backends.tvm.schedules.choice import tile_json
 
-    nodes, inits, outputs = _block_nodes()
-    model = to_ir(make_model(nodes, {"x": rand(1, 16, 15, 14)}, outputs, inits))
+    nodes, inits, outputs = _block_nodes(extra_reader=True)  # a depthwise + projection pair instead
+    nodes = [
+        *nodes,
+        helper.make_node("Conv", ["x", "w4"], ["e4"]),
+        helper.make_node("Conv", ["e4", "wd4"], ["d4"], group=48),
+    ]
+    inits = {**inits, "w4": rand(48, 16, 1, 1, seed=10), "wd4": rand(48, 1, 3, 3, seed=11)}
+    model = to_ir(make_model(nodes, {"x": rand(1, 16, 15, 14)}, [*outputs, "d4"], inits))
     target = host_target(2)
-    (fused,) = [wl for wl in collect_kernels(model, target) if wl.key.startswith("expand_depthwise")]
+    fused_kinds = ("depthwise_project", "expand_depthwise")
+    workloads = [wl for wl in collect_kernels(model, target) if wl.key.startswith(fused_kinds)]
+    assert sorted(wl.key.split(":")[0] for wl in workloads) == ["depthwise_project", "expand_depthwise"]
     tune_kernels(model, target, TuningDatabase(tmp_path), progress=False)
-    records = [r for r in read_records(tmp_path / "records.jsonl") if r.workload == fused.workload]
-    assert {tile_json(r.tile) for r in records if r.tile} == {tile_json(t) for t in fused.candidates}
-    assert all(r.run_secs for r in records), "a fused candidate failed to build or run"
+    for fused in workloads:
+        records = [r for r in read_records(tmp_path / "records.jsonl") if r.workload == fused.workload]
+        assert {tile_json(r.tile) for r in records if r.tile} == {tile_json(t) for t in fused.candidates}
+        assert all(r.run_secs for r in records), f"a candidate of {fused.key} failed to build or run"
+
+
+# -- depthwise conv + projection
+
+
+def _run_dp_plan(p: dp.DepthwiseProjectPlan, act1: str, act2: str, bias: bool, seed: int = 0) -> None:
+    x = rand(1, p.c, p.h, p.w, seed=seed)
+    wd, wp = rand(p.c, 1, p.kh, p.kw, seed=seed + 1) * 0.3, rand(p.co, p.c, 1, 1, seed=seed + 2) * 0.3
+    bd, bp = (rand(p.c, seed=seed + 3), rand(p.co, seed=seed + 4)) if bias else (None, None)
+    func = dp.depthwise_project_func(p, (act1, _PARAMS[act1]), (act2, _PARAMS[act2]))
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=host_target(2))
+    dev = tvm.cpu()
+    args = [
+        _blocked(x, p.block),
+        dp.pack_depthwise_weight(wd, p),
+        dp.pack_bias(bd, p.c, p),
+        dp.pack_project_weight(wp, p),
+        dp.pack_bias(bp, p.co, p),
+    ]
+    out = tvm.runtime.tensor(np.full(dp.output_shape(p), np.nan, np.float32), dev)
+    lib[lib.entry_name](*[tvm.runtime.tensor(a, dev) for a in args], out)
+    t = torch.nn.functional.pad(torch.from_numpy(x), (p.pad[1], p.pad[3], p.pad[0], p.pad[2]))
+    bd_t = None if bd is None else torch.from_numpy(bd)
+    t = _ACTS[act1](torch.nn.functional.conv2d(t, torch.from_numpy(wd), bd_t, stride=p.stride, groups=p.c))
+    want = _ACTS[act2](
+        torch.nn.functional.conv2d(t, torch.from_numpy(wp), None if bp is None else torch.from_numpy(bp))
+    )
+    np.testing.assert_allclose(out.numpy(), _blocked(want.numpy(), p.block), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [TileConfig(16, 32), TileConfig(8, 16)], ids=["avx512", "avx2"])
+def test_every_depthwise_project_plan_computes_the_two_convs(cfg: TileConfig) -> None:
+    # 5x5 taps, stride 2, asymmetric padding: 7 x 6 outputs, in 2 to 8 row bands (some empty)
+    plans = dp.plan_candidates(24, 13, 11, 32, 5, 5, (2, 2), (2, 1, 2, 2), 8, cfg, threads=2)
+    assert len({(p.mr_p, p.bands) for p in plans}) == len(plans) >= 6
+    for i, p in enumerate(plans):
+        _run_dp_plan(p, "Clip", "", bias=True, seed=i)
+
+
+@pytest.mark.parametrize(
+    ("shape", "co", "k", "stride", "pads", "acts", "bias"),
+    [
+        ((16, 9, 17), 24, 3, (1, 1), (1, 1, 1, 1), ("Relu", "Relu"), True),  # 24 outputs: 8-lane vectors
+        ((8, 12, 12), 16, 3, (2, 2), (0, 0, 1, 1), ("", "Clip"), False),  # TF-style "same" padding, no biases
+        ((16, 7, 20), 48, 5, (1, 2), (2, 2, 2, 2), ("Clip", ""), True),  # different row and column strides
+    ],
+)
+def test_depthwise_project_kernel_matches_torch(
+    shape: tuple, co: int, k: int, stride: tuple, pads: tuple, acts: tuple, bias: bool
+) -> None:
+    c, h, w = shape
+    p = dp.plan_candidates(c, h, w, co, k, k, stride, pads, 8, TileConfig(16, 32), threads=2)[0]
+    _run_dp_plan(p, *acts, bias=bias)
+
+
+def test_only_depthwise_outputs_larger_than_the_cache_are_fused() -> None:
+    # EfficientNet-Lite0's first depthwise conv (112 x 112 x 32 out, 1.6 MB) fuses; 28 x 28 x 144 does not
+    assert dp.fusable(32, 16, 112, 112, (1, 1), 8)
+    assert not dp.fusable(144, 40, 28, 28, (1, 1), 8)
+    assert not dp.fusable(36, 16, 112, 112, (1, 1), 8)  # channels in whole blocks only
+    assert not dp.fusable(32, 16, 112, 112, (2, 2), 8)
+
+
+@pytest.mark.usefixtures("fuse_small_maps")
+def test_projection_of_a_depthwise_conv_is_fused() -> None:
+    """A depthwise conv on the (NCHW) graph input, its projection the only reader."""
+    nodes = [
+        helper.make_node("Conv", ["x", "wd", "bd"], ["d"], group=16, pads=[1, 2, 1, 0], strides=[2, 1]),
+        helper.make_node("Conv", ["d", "w2", "b2"], ["y"]),
+    ]
+    inits = {"wd": rand(16, 1, 3, 3, seed=1), "bd": rand(16, seed=2), "w2": rand(24, 16, 1, 1, seed=3), "b2": rand(24)}
+    feeds = {"x": rand(1, 16, 15, 14, seed=4)}
+    assert _kernels(nodes, inits, ["y"], feeds) == ["cacc_depthwise_project"]
+    check_against_ort(nodes, feeds, ["y"], inits, atol=1e-4, rtol=1e-5)
+    # read twice, the depthwise output is written out and each conv runs alone
+    nodes.append(helper.make_node("Conv", ["d", "w2"], ["z"]))
+    assert _kernels(nodes, inits, ["y", "z"], feeds) == ["cacc_depthwise_conv2d_nchwc", *["cacc_conv2d_nchwc"] * 2]
+    check_against_ort(nodes, feeds, ["y", "z"], inits, atol=1e-4, rtol=1e-5)

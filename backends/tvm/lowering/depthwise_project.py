@@ -1,0 +1,105 @@
+"""Lower a depthwise conv and the 1x1 projection conv reading it as one kernel
+(:mod:`backends.tvm.schedules.depthwise_project`).
+
+The projection's lowering asks for the fusion (:func:`backends.tvm.lowering.nn.emit_conv`): the depthwise conv
+was already emitted as its own kernel, and reading its input instead leaves that call dead, which the
+emitter's dead-code elimination removes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax, tirx
+
+from backends.tvm.lowering.blocked import to_blocked
+from backends.tvm.lowering.common import Blocked, EmitContext
+from backends.tvm.lowering.kernels import call_kernel, conv_key, conv_operands_ok, static_shape
+from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile
+from backends.tvm.schedules.depthwise_project import (
+    DepthwiseProjectPlan,
+    depthwise_project_func,
+    fusable,
+    output_shape,
+    pack_bias,
+    pack_depthwise_weight,
+    pack_project_weight,
+    plan_candidates,
+)
+from backends.tvm.schedules.tiling import conv_block_config, emit_target, target_lanes
+from backends.tvm.target import target_cores
+
+#: The plan fields a tile chooses.
+_KNOBS = ("mr_p", "bands")
+
+Activation = tuple[str, Sequence[float]]
+
+
+def _tile(p: DepthwiseProjectPlan) -> Tile:
+    fields = asdict(p)
+    return {k: int(fields[k]) for k in _KNOBS}
+
+
+def emit_depthwise_project(
+    ctx: EmitContext,
+    x_v: ir.Value,
+    depthwise: tuple[np.ndarray, np.ndarray | None, Activation],
+    project: tuple[np.ndarray, np.ndarray | None, Activation],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+) -> Blocked | None:
+    """``act2(conv1x1(act1(dwconv(x) + b1)) + b2)`` as one channel-blocked kernel, or ``None`` when it does not
+    apply (not an LLVM target, batch > 1, shapes or dtypes the kernel does not take, or a depthwise output small
+    enough to stay in cache: :func:`~backends.tvm.schedules.depthwise_project.fusable`).
+
+    ``depthwise`` / ``project``: each conv's weight, bias and activation (name, parameters); ``strides``,
+    ``dilations`` and ``pads`` (ONNX order) are the depthwise conv's.
+    """
+    (wd, bd, act1), (wp, bp, act2) = depthwise, project
+    target = emit_target()
+    if target.kind.name != "llvm":
+        return None
+    shape = static_shape(ctx, x_v)
+    cfg, full = conv_block_config(), target_lanes()
+    b = cfg.lanes
+    if shape is None or len(shape) != 4 or shape[0] != 1 or wd.ndim != 4 or wp.ndim != 4:
+        return None
+    _n, c, h, w = shape
+    co, kh, kw = int(wp.shape[0]), int(wd.shape[2]), int(wd.shape[3])
+    plans = plan_candidates(c, h, w, co, kh, kw, strides, pads, b, full, target_cores(target) or 1)
+    oh, ow = plans[0].oh, plans[0].ow
+    if (
+        tuple(wd.shape[:2]) != (c, 1)
+        or tuple(wp.shape) != (co, c, 1, 1)
+        or oh < 1
+        or ow < 1
+        or not conv_operands_ok(shape, ctx.dtype(x_v), wd, bd, act1[0])
+        or not conv_operands_ok([1, c, oh, ow], "float32", wp, bp, act2[0])
+        or not fusable(c, co, oh, ow, dilations, b)
+    ):
+        return None
+    by_tile = {tuple(_tile(p).values()): p for p in plans}
+
+    def plan(t: Tile) -> DepthwiseProjectPlan:
+        return by_tile[tuple(int(t[k]) for k in _KNOBS)]
+
+    def make(t: Tile) -> tirx.PrimFunc:
+        return depthwise_project_func(plan(t), act1, act2)
+
+    key = conv_key("depthwise_project", shape, [*wd.shape, co], strides, dilations, pads, full.lanes)
+    tile = choose_tile(KernelWorkload(key, _tile(plans[0]), [_tile(p) for p in plans], make))
+    p = plan(tile)
+    held = ctx.blocked_form(x_v)
+    x = held.expr if held is not None and held.block == b else to_blocked(ctx, ctx.expr(x_v), b)
+    args = [
+        x,
+        relax.const(pack_depthwise_weight(wd, p)),
+        relax.const(pack_bias(bd, c, p)),
+        relax.const(pack_project_weight(wp, p)),
+        relax.const(pack_bias(bp, co, p)),
+    ]
+    return Blocked(call_kernel(ctx, make(tile), "cacc_depthwise_project", args, output_shape(p), "float32"), b)
