@@ -10,7 +10,8 @@ activations, :mod:`backends.tvm.lowering.qconv`). Any other consumer gets the NC
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -19,7 +20,7 @@ from tvm import relax, tirx
 from backends.tvm.lowering.common import CACC_DOMAIN, Blocked, EmitContext, Out, input_at, np_dtype
 from backends.tvm.lowering.kernels import call_kernel, conv_key, conv_operands_ok, static_shape
 from backends.tvm.lowering.quant import quantize_per_tensor
-from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile
+from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile, tile_json
 from backends.tvm.schedules.nchwc import (
     DEPTHWISE_WIDTHS,
     BlockedConvPlan,
@@ -35,6 +36,7 @@ from backends.tvm.schedules.nchwc import (
 from backends.tvm.schedules.tiling import conv_block_config, emit_target, target_lanes
 
 R = relax.op
+Plan = TypeVar("Plan")
 
 #: Elementwise ops that keep a blocked layout (every input blocked alike, nothing broadcast).
 _LAYOUT_FREE = {"Add": R.add, "Relu": R.nn.relu}
@@ -198,6 +200,33 @@ def emit_blocked_conv2d(
     y = call_kernel(ctx, make(tile), name, args, output_shape(p), "float32")
     oh, ow = (h, wd) if pointwise else (p.oh, p.ow)
     return Blocked(ctx.emit(R.reshape(y, [p.n, p.co // b, oh, ow, b])), b)
+
+
+def emit_planned_kernel(
+    ctx: EmitContext,
+    x_v: ir.Value,
+    block: int,
+    name: str,
+    key: str,
+    plans: Sequence[Plan],
+    knobs: Sequence[str],
+    make: Callable[[Plan], tirx.PrimFunc],
+    consts: Callable[[Plan], list[np.ndarray]],
+    out_shape: Callable[[Plan], list[int]],
+) -> Blocked:
+    """A kernel with a blocked input and output, of the plan the tile source picks among ``plans`` (the default
+    first; a plan's tile is its ``knobs``): ``make(plan)`` called on ``x_v`` channel-blocked and ``consts(plan)``."""
+
+    def tile(p: Plan) -> Tile:
+        return {k: int(getattr(p, k)) for k in knobs}
+
+    by_tile = {tile_json(tile(p)): p for p in plans}
+    wl = KernelWorkload(key, tile(plans[0]), [tile(p) for p in plans], lambda t: make(by_tile[tile_json(t)]))
+    plan = by_tile[tile_json(choose_tile(wl))]
+    held = ctx.blocked_form(x_v)
+    x = held.expr if held is not None and held.block == block else to_blocked(ctx, ctx.expr(x_v), block)
+    args = [x, *(relax.const(a) for a in consts(plan))]
+    return Blocked(call_kernel(ctx, make(plan), name, args, out_shape(plan), "float32"), block)
 
 
 def lower_blocked(ctx: EmitContext, node: ir.Node) -> list[Out] | None:

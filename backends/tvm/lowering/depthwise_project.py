@@ -9,18 +9,14 @@ emitter's dead-code elimination removes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import numpy as np
 import onnx_ir as ir
-from tvm import relax, tirx
 
-from backends.tvm.lowering.blocked import to_blocked
+from backends.tvm.lowering.blocked import emit_planned_kernel
 from backends.tvm.lowering.common import Blocked, EmitContext
-from backends.tvm.lowering.kernels import call_kernel, conv_key, conv_operands_ok, static_shape
-from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile
+from backends.tvm.lowering.kernels import conv_key, conv_operands_ok, static_shape
 from backends.tvm.schedules.depthwise_project import (
-    DepthwiseProjectPlan,
     depthwise_project_func,
     fusable,
     output_shape,
@@ -32,15 +28,7 @@ from backends.tvm.schedules.depthwise_project import (
 from backends.tvm.schedules.tiling import conv_block_config, emit_target, target_lanes
 from backends.tvm.target import target_cores
 
-#: The plan fields a tile chooses.
-_KNOBS = ("mr_p", "bands")
-
 Activation = tuple[str, Sequence[float]]
-
-
-def _tile(p: DepthwiseProjectPlan) -> Tile:
-    fields = asdict(p)
-    return {k: int(fields[k]) for k in _KNOBS}
 
 
 def emit_depthwise_project(
@@ -82,24 +70,16 @@ def emit_depthwise_project(
         or not fusable(c, co, oh, ow, dilations, b)
     ):
         return None
-    by_tile = {tuple(_tile(p).values()): p for p in plans}
-
-    def plan(t: Tile) -> DepthwiseProjectPlan:
-        return by_tile[tuple(int(t[k]) for k in _KNOBS)]
-
-    def make(t: Tile) -> tirx.PrimFunc:
-        return depthwise_project_func(plan(t), act1, act2)
-
     key = conv_key("depthwise_project", shape, [*wd.shape, co], strides, dilations, pads, full.lanes)
-    tile = choose_tile(KernelWorkload(key, _tile(plans[0]), [_tile(p) for p in plans], make))
-    p = plan(tile)
-    held = ctx.blocked_form(x_v)
-    x = held.expr if held is not None and held.block == b else to_blocked(ctx, ctx.expr(x_v), b)
-    args = [
-        x,
-        relax.const(pack_depthwise_weight(wd, p)),
-        relax.const(pack_bias(bd, c, p)),
-        relax.const(pack_project_weight(wp, p)),
-        relax.const(pack_bias(bp, co, p)),
-    ]
-    return Blocked(call_kernel(ctx, make(tile), "cacc_depthwise_project", args, output_shape(p), "float32"), b)
+    return emit_planned_kernel(
+        ctx,
+        x_v,
+        b,
+        "cacc_depthwise_project",
+        key,
+        plans,
+        ("mr_p", "bands"),
+        lambda p: depthwise_project_func(p, act1, act2),
+        lambda p: [pack_depthwise_weight(wd, p), pack_bias(bd, c, p), pack_project_weight(wp, p), pack_bias(bp, co, p)],
+        output_shape,
+    )

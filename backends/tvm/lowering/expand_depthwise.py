@@ -9,18 +9,14 @@ emitter's dead-code elimination removes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import numpy as np
 import onnx_ir as ir
-from tvm import relax, tirx
 
-from backends.tvm.lowering.blocked import to_blocked
+from backends.tvm.lowering.blocked import emit_planned_kernel
 from backends.tvm.lowering.common import Blocked, EmitContext
-from backends.tvm.lowering.kernels import call_kernel, conv_key, conv_operands_ok, static_shape
-from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile
+from backends.tvm.lowering.kernels import conv_key, conv_operands_ok, static_shape
 from backends.tvm.schedules.expand_depthwise import (
-    ExpandDepthwisePlan,
     expand_depthwise_func,
     fusable,
     output_shape,
@@ -31,15 +27,7 @@ from backends.tvm.schedules.expand_depthwise import (
 )
 from backends.tvm.schedules.tiling import conv_block_config, emit_target, target_lanes
 
-#: The plan fields a tile chooses.
-_KNOBS = ("group", "mr_e", "bands")
-
 Activation = tuple[str, Sequence[float]]
-
-
-def _tile(p: ExpandDepthwisePlan) -> Tile:
-    fields = asdict(p)
-    return {k: int(fields[k]) for k in _KNOBS}
 
 
 def emit_expand_depthwise(
@@ -80,24 +68,21 @@ def emit_expand_depthwise(
     plans = plan_candidates(c, h, w, ce, kh, kw, strides, pads, b, full)
     if plans[0].oh < 1 or plans[0].ow < 1:
         return None
-    by_tile = {tuple(_tile(p).values()): p for p in plans}
-
-    def plan(t: Tile) -> ExpandDepthwisePlan:
-        return by_tile[tuple(int(t[k]) for k in _KNOBS)]
-
-    def make(t: Tile) -> tirx.PrimFunc:
-        return expand_depthwise_func(plan(t), act1, act2)
-
     key = conv_key("expand_depthwise", shape, [*w1.shape[:2], *w2.shape[1:]], strides, dilations, pads, full.lanes)
-    tile = choose_tile(KernelWorkload(key, _tile(plans[0]), [_tile(p) for p in plans], make))
-    p = plan(tile)
-    held = ctx.blocked_form(x_v)
-    x = held.expr if held is not None and held.block == b else to_blocked(ctx, ctx.expr(x_v), b)
-    args = [
-        x,
-        relax.const(pack_expand_weight(w1, p)),
-        relax.const(pack_group_bias(b1, p)),
-        relax.const(pack_depthwise_weight(w2, p)),
-        relax.const(pack_group_bias(b2, p)),
-    ]
-    return Blocked(call_kernel(ctx, make(tile), "cacc_expand_depthwise", args, output_shape(p), "float32"), b)
+    return emit_planned_kernel(
+        ctx,
+        x_v,
+        b,
+        "cacc_expand_depthwise",
+        key,
+        plans,
+        ("group", "mr_e", "bands"),
+        lambda p: expand_depthwise_func(p, act1, act2),
+        lambda p: [
+            pack_expand_weight(w1, p),
+            pack_group_bias(b1, p),
+            pack_depthwise_weight(w2, p),
+            pack_group_bias(b2, p),
+        ],
+        output_shape,
+    )

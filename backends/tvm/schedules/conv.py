@@ -57,6 +57,42 @@ class ConvGeometry:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(ConvGeometry)}
 
 
+@dataclass(frozen=True)
+class PairGeometry:
+    """The geometry of a fused pair of convs (:mod:`backends.tvm.schedules.expand_depthwise`,
+    :mod:`backends.tvm.schedules.depthwise_project`): the map between them (``c`` channels of ``h x w``) and the
+    depthwise conv's kernel, stride and padding ``[top, left, bottom, right]``."""
+
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    block: int  #: channels of one block in the blocked layout
+
+    @property
+    def oh(self) -> int:
+        """Output rows."""
+        return (self.h + self.pad[0] + self.pad[2] - self.kh) // self.stride[0] + 1
+
+    @property
+    def ow(self) -> int:
+        """Output columns."""
+        return (self.w + self.pad[1] + self.pad[3] - self.kw) // self.stride[1] + 1
+
+
+def pair_geometry(
+    c: int, h: int, w: int, kh: int, kw: int, stride: Sequence[int], pad: Sequence[int], block: int
+) -> dict[str, Any]:
+    """:class:`PairGeometry`'s fields as keyword arguments (ints and int tuples)."""
+    return {
+        "c": c, "h": h, "w": w, "kh": kh, "kw": kw, "stride": (int(stride[0]), int(stride[1])),
+        "pad": (int(pad[0]), int(pad[1]), int(pad[2]), int(pad[3])), "block": block,
+    }  # fmt: skip
+
+
 def conv_geometry(
     x_shape: Sequence[int],
     w_shape: Sequence[int],

@@ -21,11 +21,11 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from backends.tvm.schedules.conv import PairGeometry, pair_geometry
 from backends.tvm.schedules.epilogue import activation_expr
+from backends.tvm.schedules.expand_depthwise import DEPTHWISE_WIDTH
 from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
 
-#: Depthwise tile width (output pixels): the separate depthwise kernel's measured default.
-DEPTHWISE_WIDTH = 7
 #: Accumulator registers of the default projection tile (``mr_p`` pixels x the output channels' vectors).
 PROJECT_ACCUMULATORS = 12
 #: Row bands (parallel tasks) per thread.
@@ -38,32 +38,14 @@ MIN_DEPTHWISE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class DepthwiseProjectPlan:
-    """Shapes and tiles of one fused depthwise + projection conv (``pad``: ``[top, left, bottom, right]``)."""
+class DepthwiseProjectPlan(PairGeometry):
+    """Shapes and tiles of one fused depthwise conv (``c`` channels) + projection (to ``co`` channels)."""
 
-    c: int
-    h: int
-    w: int
     co: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    pad: tuple[int, int, int, int]
-    block: int  #: channels of one block in the blocked layout
     lanes: int  #: vector lanes of the projection tile
     mr_p: int
     bands: int
     mr_d: int = DEPTHWISE_WIDTH
-
-    @property
-    def oh(self) -> int:
-        """Output rows."""
-        return (self.h + self.pad[0] + self.pad[2] - self.kh) // self.stride[0] + 1
-
-    @property
-    def ow(self) -> int:
-        """Output columns."""
-        return (self.w + self.pad[1] + self.pad[3] - self.kw) // self.stride[1] + 1
 
 
 def fusable(c: int, co: int, oh: int, ow: int, dilation: Sequence[int], block: int) -> bool:
@@ -94,25 +76,16 @@ def plan_candidates(
     accumulators and a few others that fit the registers, each with 1, 2 or 4 row bands per thread."""
     lanes = cfg.lanes if co % cfg.lanes == 0 else block
     vecs = co // lanes
-    ow = (w + int(pad[1]) + int(pad[3]) - kw) // int(stride[1]) + 1
+    geometry = pair_geometry(c, h, w, kh, kw, stride, pad, block)
+    ow = PairGeometry(**geometry).ow
     fit = [m for m in (14, 12, 8, 7, 6, 4, 3, 2, 1) if fits_registers(m, vecs, cfg) and m <= ow] or [1]
     first = max((m for m in fit if m * vecs <= PROJECT_ACCUMULATORS), default=fit[-1])
     widths = [first, *[m for m in fit if m != first and m * vecs <= 2 * PROJECT_ACCUMULATORS][:2]]
-    geometry = (
-        c,
-        h,
-        w,
-        co,
-        kh,
-        kw,
-        (int(stride[0]), int(stride[1])),
-        (int(pad[0]), int(pad[1]), int(pad[2]), int(pad[3])),
-    )
-    out = []
-    for per_thread in (BANDS_PER_THREAD, 1, 2 * BANDS_PER_THREAD):
-        for m in widths:
-            out.append(DepthwiseProjectPlan(*geometry, block, lanes, m, max(threads, 1) * per_thread))
-    return out
+    return [
+        DepthwiseProjectPlan(**geometry, co=co, lanes=lanes, mr_p=m, bands=max(threads, 1) * per_thread)
+        for per_thread in (BANDS_PER_THREAD, 1, 2 * BANDS_PER_THREAD)
+        for m in widths
+    ]
 
 
 def pack_depthwise_weight(w: np.ndarray, p: DepthwiseProjectPlan) -> np.ndarray:

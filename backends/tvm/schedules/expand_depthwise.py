@@ -27,6 +27,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from backends.tvm.schedules.conv import PairGeometry, pair_geometry
 from backends.tvm.schedules.epilogue import activation_expr
 from backends.tvm.schedules.tiling import TileConfig, ceil_to, fits_registers
 
@@ -49,33 +50,15 @@ MIN_EXPANDED_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class ExpandDepthwisePlan:
-    """Shapes and tiles of one fused expansion + depthwise conv (``pad``: ``[top, left, bottom, right]``)."""
+class ExpandDepthwisePlan(PairGeometry):
+    """Shapes and tiles of one fused expansion (``c`` -> ``ce`` channels) + depthwise conv."""
 
-    c: int
-    h: int
-    w: int
     ce: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    pad: tuple[int, int, int, int]
-    block: int  #: channels of one block in the blocked layout
     lanes: int  #: vector lanes ``V``
     group: int  #: channel blocks per task (``G``)
     mr_e: int
     mr_d: int = DEPTHWISE_WIDTH
     bands: int = BANDS
-
-    @property
-    def oh(self) -> int:
-        """Output rows."""
-        return (self.h + self.pad[0] + self.pad[2] - self.kh) // self.stride[0] + 1
-
-    @property
-    def ow(self) -> int:
-        """Output columns."""
-        return (self.w + self.pad[1] + self.pad[3] - self.kw) // self.stride[1] + 1
 
     @property
     def group_channels(self) -> int:
@@ -137,9 +120,8 @@ def plan_candidates(
             for m in widths:
                 out.append(
                     ExpandDepthwisePlan(
-                        c, h, w, ce, kh, kw, (int(stride[0]), int(stride[1])),
-                        (int(pad[0]), int(pad[1]), int(pad[2]), int(pad[3])),
-                        block, min(lanes, g * block), g, m, bands=bands,
+                        **pair_geometry(c, h, w, kh, kw, stride, pad, block),
+                        ce=ce, lanes=min(lanes, g * block), group=g, mr_e=m, bands=bands,
                     )
                 )  # fmt: skip
     # default: the first group size with its first width and BANDS bands
