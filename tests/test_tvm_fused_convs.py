@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,10 @@ _ACTS = {"": lambda t: t, "Relu": torch.relu, "Clip": lambda t: t.clamp(0.0, 6.0
 _PARAMS = {"": (), "Relu": (), "Clip": (0.0, 6.0)}
 
 
-def _reference(x, w1, b1, act1, w2, b2, act2, stride, pads) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _reference(
+    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, act1: str, w2: np.ndarray, b2: np.ndarray, act2: str,
+    stride: Sequence[int], pads: Sequence[int],
+) -> np.ndarray:  # fmt: skip
     t = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w1), torch.from_numpy(b1))
     t = torch.nn.functional.pad(_ACTS[act1](t), (pads[1], pads[3], pads[0], pads[2]))
     t = torch.nn.functional.conv2d(t, torch.from_numpy(w2), torch.from_numpy(b2), stride=stride, groups=w2.shape[0])
@@ -183,7 +187,7 @@ def test_fused_graph_after_fusing_activations_matches_ort() -> None:
 
 
 @pytest.mark.usefixtures("fuse_small_maps")
-def test_tile_search_builds_and_times_every_fused_candidate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tile_search_builds_and_times_every_fused_candidate(tmp_path: Path) -> None:
     from backends.tvm.database import TuningDatabase, read_records
     from backends.tvm.kernel_tuning import collect_kernels, tune_kernels
     from backends.tvm.schedules.choice import tile_json

@@ -60,8 +60,8 @@ class ConvGeometry:
 @dataclass(frozen=True)
 class PairGeometry:
     """The geometry of a fused pair of convs (:mod:`backends.tvm.schedules.expand_depthwise`,
-    :mod:`backends.tvm.schedules.depthwise_project`): the map between them (``c`` channels of ``h x w``) and the
-    depthwise conv's kernel, stride and padding ``[top, left, bottom, right]``."""
+    :mod:`backends.tvm.schedules.depthwise_project`): the pair's input map (``c`` channels of ``h x w``; a 1x1
+    expansion keeps ``h x w``) and the depthwise conv's kernel, stride and padding ``[top, left, bottom, right]``."""
 
     c: int
     h: int
