@@ -157,6 +157,25 @@ def test_expansion_with_another_reader_is_not_fused() -> None:
 
 
 @pytest.mark.usefixtures("fuse_small_maps")
+def test_expansion_of_quantized_activations_keeps_its_integer_kernel() -> None:
+    nodes, inits, outputs = _block_nodes()
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w1q", "ws"], ["w1d"], axis=0),
+        helper.make_node("Conv", ["xd", "w1d", "b1"], ["e"]),
+        *nodes[1:],
+    ]
+    ws = np.abs(inits["w1"]).reshape(48, -1).max(axis=1) / 127
+    w1q = np.round(inits["w1"] / ws.reshape(48, 1, 1, 1)).astype(np.int8)
+    inits = {**inits, "s": np.array(0.05, np.float32), "z": np.array(128, np.uint8), "w1q": w1q, "ws": ws}
+    feeds = {"x": rand(1, 16, 15, 14, seed=12)}
+    kernels = _kernels(nodes, inits, outputs, feeds)
+    assert "cacc_expand_depthwise" not in kernels and any(k.startswith("cacc_qconv") for k in kernels), kernels
+    check_against_ort(nodes, feeds, outputs, inits, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.usefixtures("fuse_small_maps")
 def test_fused_graph_after_fusing_activations_matches_ort() -> None:
     """Through the compiler: Conv + Clip pairs become FusedConv nodes, whose activations the kernel applies."""
     import compiler

@@ -137,9 +137,10 @@ def _producer_conv(ctx: EmitContext, x_v: ir.Value) -> _ProducerConv | None:
     if conv is None or x_v.is_graph_output() or len(x_v.uses()) != 1 or not is_conv(conv):
         return None
     xin_v, w_v, b_v = conv.inputs[0], conv.inputs[1], input_at(conv, 2)
+    quantized = xin_v is not None and (q := xin_v.producer()) is not None and q.op_type == "DequantizeLinear"
     w, bias = ctx.const(w_v), ctx.const(b_v)
-    if xin_v is None or w is None or w.ndim != 4 or (b_v is not None and bias is None):
-        return None
+    if xin_v is None or quantized or w is None or w.ndim != 4 or (b_v is not None and bias is None):
+        return None  # (a conv reading quantized activations keeps its integer kernel)
     strides, dilations, pads = _spatial_params(ctx, conv, ctx.shape(xin_v), [int(k) for k in w.shape[2:]])
     act = (attr(conv, "activation", "") or "", [float(v) for v in attr(conv, "activation_params", []) or []])
     return _ProducerConv(xin_v, w, bias, strides, dilations, pads, int(attr(conv, "group", 1)), act)
