@@ -283,6 +283,12 @@ def test_depthwise_project_kernel_matches_torch(
     _run_dp_plan(p, *acts, bias=bias)
 
 
+def test_no_depthwise_project_plan_when_the_output_channels_spill_the_registers() -> None:
+    # one pixel of 256 channels: 16 zmm accumulators + 16 weight vectors + a broadcast > 32 registers; 240 fit
+    assert dp.plan_candidates(32, 56, 56, 256, 3, 3, (1, 1), (1, 1, 1, 1), 8, TileConfig(16, 32), threads=2) == []
+    assert dp.plan_candidates(32, 56, 56, 240, 3, 3, (1, 1), (1, 1, 1, 1), 8, TileConfig(16, 32), threads=2)
+
+
 def test_only_depthwise_outputs_larger_than_the_cache_are_fused() -> None:
     # EfficientNet-Lite0's first depthwise conv (112 x 112 x 32 out, 1.6 MB) fuses; 28 x 28 x 144 does not
     assert dp.fusable(32, 16, 112, 112, (1, 1), 8)

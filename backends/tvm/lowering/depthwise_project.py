@@ -59,6 +59,8 @@ def emit_depthwise_project(
     _n, c, h, w = shape
     co, kh, kw = int(wp.shape[0]), int(wd.shape[2]), int(wd.shape[3])
     plans = plan_candidates(c, h, w, co, kh, kw, strides, pads, b, full, target_cores(target) or 1)
+    if not plans:
+        return None
     oh, ow = plans[0].oh, plans[0].ow
     if (
         tuple(wd.shape[:2]) != (c, 1)

@@ -73,12 +73,15 @@ def plan_candidates(
     threads: int,
 ) -> list[DepthwiseProjectPlan]:
     """Plans worth trying, the default first: projection tiles of about :data:`PROJECT_ACCUMULATORS`
-    accumulators and a few others that fit the registers, each with 1, 2 or 4 row bands per thread."""
+    accumulators and a few others that fit the registers, each with 1, 2 or 4 row bands per thread; none when
+    not even one pixel of all ``co`` output channels fits."""
     lanes = cfg.lanes if co % cfg.lanes == 0 else block
     vecs = co // lanes
     geometry = pair_geometry(c, h, w, kh, kw, stride, pad, block)
     ow = PairGeometry(**geometry).ow
-    fit = [m for m in (14, 12, 8, 7, 6, 4, 3, 2, 1) if fits_registers(m, vecs, cfg) and m <= ow] or [1]
+    fit = [m for m in (14, 12, 8, 7, 6, 4, 3, 2, 1) if fits_registers(m, vecs, cfg) and m <= ow]
+    if not fit:  # the output channels' vectors alone would spill the registers
+        return []
     first = max((m for m in fit if m * vecs <= PROJECT_ACCUMULATORS), default=fit[-1])
     widths = [first, *[m for m in fit if m != first and m * vecs <= 2 * PROJECT_ACCUMULATORS][:2]]
     return [
