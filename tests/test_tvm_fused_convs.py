@@ -67,7 +67,7 @@ def _run_plan(p: ed.ExpandDepthwisePlan, act1: str, act2: str, bias: bool, seed:
 
 @pytest.mark.parametrize("cfg", [TileConfig(16, 32), TileConfig(8, 16)], ids=["avx512", "avx2"])
 def test_every_candidate_plan_computes_the_two_convs(cfg: TileConfig) -> None:
-    # 13 x 11 map, 5x5 taps, stride 2, asymmetric padding: 6 output rows in 2 or 4 bands, 6 columns in 7-wide tiles
+    # 13 x 11 map, 5x5 taps, stride 2, asymmetric padding: 6 output rows in 2 or 4 bands, 5 columns in 7-wide tiles
     plans = ed.plan_candidates(16, 13, 11, 96, 5, 5, (2, 2), (2, 1, 1, 2), 8, cfg)
     assert len({(p.group, p.mr_e, p.bands) for p in plans}) == len(plans) >= 6
     assert {p.group for p in plans} == ({2, 4, 6} if cfg.lanes == 16 else {1, 2, 3})
@@ -260,7 +260,7 @@ def _run_dp_plan(p: dp.DepthwiseProjectPlan, act1: str, act2: str, bias: bool, s
 
 @pytest.mark.parametrize("cfg", [TileConfig(16, 32), TileConfig(8, 16)], ids=["avx512", "avx2"])
 def test_every_depthwise_project_plan_computes_the_two_convs(cfg: TileConfig) -> None:
-    # 5x5 taps, stride 2, asymmetric padding: 7 x 6 outputs, in 2 to 8 row bands (some empty)
+    # 5x5 taps, stride 2, asymmetric padding: 7 x 5 outputs, in 2 to 8 row bands (one empty)
     plans = dp.plan_candidates(24, 13, 11, 32, 5, 5, (2, 2), (2, 1, 2, 2), 8, cfg, threads=2)
     assert len({(p.mr_p, p.bands) for p in plans}) == len(plans) >= 6
     for i, p in enumerate(plans):
