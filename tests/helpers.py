@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -56,13 +58,9 @@ def mlp_proto(seed: int = 0) -> onnx.ModelProto:
 def ort_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run a ModelProto in onnxruntime (CPU), weight-only int8 / int4 MatMuls with fp32 activations as the model
     says (see :data:`backends.onnx.FP32_DQ_MATMUL`)."""
-    import onnxruntime as ort
+    from backends.onnx import ort_session
 
-    from backends.onnx import FP32_DQ_MATMUL
-
-    options = ort.SessionOptions()
-    options.add_session_config_entry(*FP32_DQ_MATMUL)
-    sess = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    sess: Any = ort_session(proto)
     return list(sess.run(None, feeds))
 
 

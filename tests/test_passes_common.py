@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnx import helper
 
-from backends.onnx import FP32_DQ_MATMUL
+from backends.onnx import ort_session
 from compiler.ir import infer_shapes, op_histogram
 from compiler.ir import run as run_reference
 from passes import decompose_cacc_ops
@@ -53,9 +53,7 @@ def feeds_for(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
 def ort_run(model: ir.Model | bytes, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a model (IR or serialized) in onnxruntime; outputs by name."""
     data = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
-    options = ort.SessionOptions()
-    options.add_session_config_entry(*FP32_DQ_MATMUL)  # weight-only int8 MatMuls in fp32, as the model says
-    sess = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    sess: Any = ort_session(data)  # weight-only int8 MatMuls in fp32, as the model says
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, dict(feeds)), strict=True))
 
