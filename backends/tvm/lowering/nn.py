@@ -166,17 +166,19 @@ def _emit_fused_pair(
     (:func:`emit_expand_depthwise`), or a 1x1 projection after a depthwise conv not already fused that way
     (:func:`emit_depthwise_project`); ``None`` when neither applies."""
     x_v = node.inputs[0]
-    first = _producer_conv(ctx, x_v) if x_v is not None else None
-    if x_v is None or first is None:
+    depthwise = groups > 1 and groups == int(w.shape[0]) and int(w.shape[1]) == 1
+    pointwise = _pointwise(w, groups, strides, dilations, pads)
+    if x_v is None or not (depthwise or pointwise):
+        return None
+    first = _producer_conv(ctx, x_v)
+    if first is None:
         return None
     second = (w, bias, activation)
     y: Blocked | None = None
-    if groups == int(w.shape[0]) and int(w.shape[1]) == 1 and groups > 1:
-        if _pointwise(first.w, first.groups, first.strides, first.dilations, first.pads):
-            y = emit_expand_depthwise(
-                ctx, first.x, (first.w, first.bias, first.activation), second, strides, dilations, pads
-            )
-    elif _pointwise(w, groups, strides, dilations, pads) and first.depthwise and x_v.name not in ctx.fused_values:
+    if depthwise and _pointwise(first.w, first.groups, first.strides, first.dilations, first.pads):
+        spec = (first.w, first.bias, first.activation)
+        y = emit_expand_depthwise(ctx, first.x, spec, second, strides, dilations, pads)
+    elif pointwise and first.depthwise and x_v.name not in ctx.fused_values:
         spec = (first.w, first.bias, first.activation)
         y = emit_depthwise_project(ctx, first.x, spec, second, first.strides, first.dilations, first.pads)
     if y is not None and node.outputs and node.outputs[0] is not None:
