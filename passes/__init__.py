@@ -3,6 +3,7 @@
 # Built-in passes: importing each module registers its pass.
 from passes import (
     batchnorm_folding,
+    compact_storage,
     constant_folding,
     dead_code_elimination,
     decompose,
@@ -31,6 +32,7 @@ __all__ = [
     "Property",
     "available_passes",
     "batchnorm_folding",
+    "compact_storage",
     "constant_folding",
     "dead_code_elimination",
     "decompose",

@@ -38,17 +38,71 @@ def node_label(node: ir.Node) -> str:
     return f"{node.op_type}->{out}"
 
 
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The array of a constant value: an initializer with data that is not a graph input
-    (a graph input can be overridden at run time), else ``None``."""
+def _initializer_array(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None or value.is_graph_input():
         return None
     return value.const_value.numpy()
 
 
+def storage_source(value: ir.Value | None) -> ir.Value | None:
+    """The float16 initializer that a *storage cast* widens into ``value``, else ``None``.
+
+    A storage cast is a ``Cast(to=FLOAT)`` of a float16 initializer: a float32 constant stored in half the
+    bytes (see :mod:`passes.compact_storage`). Passes treat its output as the constant it stands for
+    (:func:`constant`) and ``fold_constants`` leaves it in place, as it does a weight ``DequantizeLinear``."""
+    node = value.producer() if value is not None else None
+    if node is None or not is_onnx_op(node, "Cast") or not node.inputs:
+        return None
+    src = node.inputs[0]
+    if int(attr(node, "to", 0)) != ir.DataType.FLOAT.value or src is None or src.is_graph_input():
+        return None
+    return src if src.const_value is not None and src.const_value.dtype == ir.DataType.FLOAT16 else None
+
+
+def is_storage_cast(node: ir.Node) -> bool:
+    """Whether ``node`` is a storage cast (see :func:`storage_source`)."""
+    return bool(node.outputs) and storage_source(node.outputs[0]) is not None
+
+
+def storage_cast(graph: ir.Graph, namer: Namer, half: ir.Value) -> ir.Value:
+    """A new storage cast of the float16 initializer ``half``, placed first in ``graph``; its float32 output."""
+    base = (half.name or "const").removesuffix("_f16")
+    to_float = ir.AttrInt64("to", ir.DataType.FLOAT.value)
+    cast = ir.Node("", "Cast", [half], [to_float], name=namer(f"{base}/storage_cast"))
+    out = cast.outputs[0]
+    out.name = namer(f"{base}_f32")
+    out.dtype = ir.DataType.FLOAT
+    out.shape = half.shape.copy() if half.shape is not None else None
+    graph.insert_before(next(iter(graph)), [cast])  # it reads only an initializer: first is always in order
+    return out
+
+
+def drop_unused_storage_casts(graph: ir.Graph) -> None:
+    """Remove storage casts nobody reads any more, and their float16 initializers when unused too."""
+    for node in [n for n in graph if is_storage_cast(n)]:
+        out = node.outputs[0]
+        if out.uses() or out.is_graph_output():
+            continue
+        src = node.inputs[0]
+        graph.remove(node, safe=True)
+        if src is not None:
+            drop_unused_initializers(graph, [src])
+
+
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    """The array of a constant value: an initializer with data that is not a graph input
+    (a graph input can be overridden at run time), or the output of a storage cast (as float32),
+    else ``None``."""
+    arr = _initializer_array(value)
+    if arr is not None:
+        return arr
+    src = storage_source(value)
+    return None if src is None else np.asarray(_initializer_array(src)).astype(np.float32)
+
+
 def is_constant(value: ir.Value | None) -> bool:
     """Whether :func:`constant` would return an array for ``value``."""
-    return value is not None and value.const_value is not None and not value.is_graph_input()
+    return _initializer_array(value) is not None or storage_source(value) is not None
 
 
 def scalar_constant(value: ir.Value | None) -> float | None:

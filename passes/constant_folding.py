@@ -5,7 +5,9 @@ One topological sweep reaches the fixed point: a folded node's outputs become in
 before any of its users is visited. Folding uses the reference kernels
 (``compiler.ir.ops.registry``), so the folded values are exactly what the interpreter computes.
 Nodes left without users are removed at the end. ``DequantizeLinear`` (and ORT's
-``MatMulNBits``) of constant weights is never folded: that would undo quantization.
+``MatMulNBits``) of constant weights is never folded: that would undo quantization; nor is a storage
+cast (``Cast`` of a float16 initializer to float32, :func:`passes._utils.storage_source`), for the same
+reason. Nodes reading a storage cast's output see the float32 constant and fold as usual.
 
 A folded value that only feeds broadcasting arithmetic (``Add`` / ``Sub`` / ``Mul`` / ``Div``) is stored
 in its smallest broadcastable form: an axis along which every slice is bit-identical becomes size 1
@@ -28,8 +30,10 @@ from passes._utils import (
     Rejection,
     add_initializer,
     broadcast_shape,
+    constant,
     is_constant,
     is_onnx_op,
+    is_storage_cast,
     node_label,
     replace_value,
     static_shape,
@@ -159,10 +163,12 @@ class FoldConstantsPass(Pass):
             return None  # dead: removed below, nothing to compute
         if is_onnx_op(node, "DequantizeLinear") or (node.domain == "com.microsoft" and node.op_type == "MatMulNBits"):
             return None  # quantized weights stay quantized: folding would undo the compression
+        if is_storage_cast(node):
+            return None  # a float16-stored constant, likewise (its users see the float32 value through it)
         if node.op_type in NON_DETERMINISTIC:
             self._reject(node, f"{node.op_type} is not deterministic")
             return None
-        in_arrays = [None if v is None or v.const_value is None else v.const_value.numpy() for v in node.inputs]
+        in_arrays = [constant(v) for v in node.inputs]
         in_size = sum(a.size for a in in_arrays if a is not None)
         for value in node.outputs:
             dims = static_shape(value)

@@ -15,7 +15,17 @@ import onnx_ir as ir
 
 from compiler.errors import PassError
 from compiler.ir.ops.registry import CACC_DOMAIN, attr
-from passes._utils import Namer, add_initializer, drop_unused_initializers, is_onnx_op, node_label, take_over
+from passes._utils import (
+    Namer,
+    add_initializer,
+    drop_unused_initializers,
+    drop_unused_storage_casts,
+    is_onnx_op,
+    node_label,
+    storage_cast,
+    storage_source,
+    take_over,
+)
 from passes.base import Pass, Property, register_pass
 
 _ACTIVATION_KEYS = ("activation", "activation_params")
@@ -79,12 +89,15 @@ def _bias_for(graph: ir.Graph, namer: Namer, label: str, w: ir.Value | None, bia
     a ``Gemm`` between ``DequantizeLinear`` nodes runs in fp32 instead of as an integer kernel."""
     producer = w.producer() if w is not None else None
     rank = len(out.shape) if out.shape is not None else 0
-    if producer is None or not is_onnx_op(producer, "DequantizeLinear") or rank < 2 or bias.const_value is None:
+    stored = storage_source(bias)  # a float16-stored bias keeps its storage cast, after the reshape
+    held = stored if stored is not None else bias
+    if producer is None or not is_onnx_op(producer, "DequantizeLinear") or rank < 2 or held.const_value is None:
         return bias
-    arr = bias.const_value.numpy()
+    arr = held.const_value.numpy()
     if arr.ndim != 1:
         return bias
-    return add_initializer(graph, namer(f"{label}_bias_r{rank}"), arr.reshape([1] * (rank - 1) + [-1]), bias.dtype)
+    shaped = add_initializer(graph, namer(f"{label}_bias_r{rank}"), arr.reshape([1] * (rank - 1) + [-1]), held.dtype)
+    return shaped if stored is None else storage_cast(graph, namer, shaped)
 
 
 def decompose_cacc_ops(model: ir.Model) -> bool:
@@ -119,6 +132,8 @@ def decompose_cacc_ops(model: ir.Model) -> bool:
         graph.remove(node, safe=True)
         drop_unused_initializers(graph, [v for v in inputs[2:3] if v is not None])  # a bias stored reshaped
         changed = True
+    if changed:
+        drop_unused_storage_casts(graph)
     if changed and not any(n.domain == CACC_DOMAIN for n in graph):
         model.opset_imports.pop(CACC_DOMAIN, None)
     return changed

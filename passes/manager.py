@@ -62,19 +62,24 @@ def _max_relative_error(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndar
     return abs_err, rel_err
 
 
+#: Passes that end a compression pipeline (after fusion, which still reads float32 constants).
+STORAGE_PASSES: tuple[str, ...] = ("compact_storage",)
+
+
 def expand_pipeline(names: Sequence[str], default: Sequence[str]) -> list[str]:
     """The pipeline to run for a user's pass list.
 
     A list made only of compression passes (``stage == "compression"``, e.g. ``["quantize_int8"]``) is
     placed inside ``default``: after its cleanup passes and before its fusion passes, so the model
-    is cleaned before it is compressed and fused after. Any other list runs exactly as given.
+    is cleaned before it is compressed and fused after; :data:`STORAGE_PASSES` (``compact_storage``: the
+    quantized layers' scales and biases in float16) end it. Any other list runs exactly as given.
     """
     classes = [get_pass(n) for n in names]
     if not classes or any(c.stage != "compression" for c in classes):
         return list(names)
     default_stages = [get_pass(n).stage for n in default]
     cut = next((i for i, st in enumerate(default_stages) if st != "cleanup"), len(default))
-    return [*default[:cut], *names, *default[cut:]]
+    return [*default[:cut], *names, *default[cut:], *STORAGE_PASSES]
 
 
 class PassManager:

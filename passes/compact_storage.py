@@ -1,0 +1,145 @@
+"""``compact_storage``: store a quantized model's float32 side tensors (weight scales, biases) as float16.
+
+Once a layer's weights are 8- or 4-bit, its per-channel scales and its bias are a few percent of its bytes
+(EfficientNet-Lite0 int8: 176 KB of 4.79 MB). Each such float32 initializer becomes a float16 one read
+through a *storage cast*, ``Cast(to=FLOAT)``: every op still computes in float32 on the same values, and the
+exported ONNX stays standard (ONNX Runtime folds the cast when it loads the model, before its QDQ fusions;
+the TVM backends fold it when they emit the model). Passes see the float32 value through the cast
+(:func:`passes._utils.constant`) and ``fold_constants`` leaves it alone.
+
+What it rewrites, only for quantized layers (a weight read through a ``DequantizeLinear`` of a constant):
+
+- the scale input of that ``DequantizeLinear`` (``scales``): a scale in float16's normal range moves by at
+  most 2^-11 of itself (half a float16 ulp), so its weights move by at most 2^-11 of themselves, well under
+  the int8 rounding; the tiny scales of near-dead channels (BN-folded weights ~1e-8, scales below 6.1e-5)
+  move by at most 2^-11 of the tensor's largest scale and never become zero;
+- the bias of the ``Conv`` / ``Gemm`` / ``cacc::FusedConv`` / ``cacc::FusedMatMul`` reading that weight
+  (``biases``): each bias value moves by at most 2^-11 of itself (plus 2^-25 for values below float16's
+  normal range); a bias beyond float16's range stays float32.
+
+Tensors of fewer than :data:`MIN_ELEMENTS` values and initializers with any other reader are left alone.
+The compression pipelines run this pass last (:func:`passes.manager.expand_pipeline`); options ``scales``
+and ``biases`` (both on) turn either part off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from compiler.ir.ops.registry import CACC_DOMAIN
+from passes._utils import Namer, add_initializer, constant, is_onnx_op, storage_cast
+from passes.base import Pass, register_pass
+
+#: Smaller tensors stay float32: a cast node is not worth saving a few bytes.
+MIN_ELEMENTS = 16
+#: Largest change of a stored scale, relative to the largest scale of its tensor (half a float16 ulp).
+MAX_SCALE_CHANGE = 2.0**-11
+#: Largest finite float16, and its smallest positive (subnormal) value.
+FLOAT16_MAX = 65504.0
+SMALLEST_SUBNORMAL = 2.0**-24
+
+#: (domain, op type) of the layers whose bias input (index 2) is compacted.
+_BIAS_LAYERS = {("", "Conv"), ("", "Gemm"), (CACC_DOMAIN, "FusedConv"), (CACC_DOMAIN, "FusedMatMul")}
+
+
+@dataclass
+class CompactStorageOptions:
+    """Options of :class:`CompactStoragePass` (see the module docstring)."""
+
+    scales: bool = True
+    biases: bool = True
+
+
+def _weight_dequantize(value: ir.Value | None) -> ir.Node | None:
+    """The ``DequantizeLinear`` of constant integer weights that produces ``value``, else ``None``."""
+    node = value.producer() if value is not None else None
+    if node is None or not is_onnx_op(node, "DequantizeLinear") or not node.inputs:
+        return None
+    q = node.inputs[0]
+    q_arr = constant(q)
+    return node if q_arr is not None and np.issubdtype(q_arr.dtype, np.integer) else None
+
+
+def _is_scale_site(node: ir.Node, index: int) -> bool:
+    return index == 1 and _weight_dequantize(node.outputs[0]) is node
+
+
+def _is_bias_site(node: ir.Node, index: int) -> bool:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return index == 2 and (domain, node.op_type) in _BIAS_LAYERS and _weight_dequantize(node.inputs[1]) is not None
+
+
+def float16_scales(scale: np.ndarray) -> np.ndarray | None:
+    """``scale`` as float16 when no value moves by more than :data:`MAX_SCALE_CHANGE` of the tensor's largest
+    magnitude, else ``None``. A nonzero scale never becomes zero (it takes float16's smallest subnormal)."""
+    if not np.all(np.isfinite(scale)) or np.any(np.abs(scale) > FLOAT16_MAX):
+        return None
+    half = scale.astype(np.float16)
+    flushed = (half == 0) & (scale != 0)
+    half[flushed] = np.copysign(np.float16(SMALLEST_SUBNORMAL), scale[flushed])
+    change = np.abs(half.astype(np.float64) - scale.astype(np.float64))
+    return half if np.all(change <= MAX_SCALE_CHANGE * float(np.max(np.abs(scale)))) else None
+
+
+def float16_biases(bias: np.ndarray) -> np.ndarray | None:
+    """``bias`` as float16 when every value is finite and within float16's range, else ``None``."""
+    if not np.all(np.isfinite(bias)) or np.any(np.abs(bias) > FLOAT16_MAX):
+        return None
+    return bias.astype(np.float16)
+
+
+@register_pass
+class CompactStoragePass(Pass):
+    """Stores quantized layers' float32 weight scales and biases as float16 behind a storage cast."""
+
+    name = "compact_storage"
+    description = "store quantized layers' weight scales and biases as float16 (read through a Cast to float32)"
+    numerics_tolerance = 1e-2
+    stage = "storage"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Rewrite in place; modified when any initializer was stored as float16."""
+        opts = self.parse_options(CompactStorageOptions)
+        graph = model.graph
+        namer = Namer(graph)
+        saved_by_node: dict[str, int] = {}
+        changed = False
+        for value in list(graph.initializers.values()):
+            arr = constant(value)
+            if arr is None or arr.dtype != np.float32 or arr.size < MIN_ELEMENTS or value.is_graph_output():
+                continue
+            uses = list(value.uses())
+            if not uses:
+                continue
+            if opts.scales and all(_is_scale_site(n, i) for n, i in uses):
+                half = float16_scales(arr)
+            elif opts.biases and all(_is_bias_site(n, i) for n, i in uses):
+                half = float16_biases(arr)
+            else:
+                continue
+            if half is None:
+                continue
+            self._store_half(graph, namer, value, half, uses)
+            changed = True
+            if all(_is_scale_site(n, i) for n, i in uses):
+                for dq, _ in uses:
+                    for user, _j in dq.outputs[0].uses():
+                        saved_by_node[user.name or ""] = saved_by_node.get(user.name or "", 0) + arr.nbytes // 2
+        for record in self.context.layers:
+            record.bytes_after -= saved_by_node.pop(record.node, 0)
+        return ir.passes.PassResult(model, modified=changed)
+
+    @staticmethod
+    def _store_half(
+        graph: ir.Graph, namer: Namer, value: ir.Value, half: np.ndarray, uses: Sequence[tuple[ir.Node, int]]
+    ) -> None:
+        """Replace every use of ``value`` by a storage cast of a new float16 initializer holding ``half``."""
+        src = add_initializer(graph, namer(f"{value.name or 'const'}_f16"), half, ir.DataType.FLOAT16)
+        out = storage_cast(graph, namer, src)
+        for node, index in uses:
+            node.replace_input_with(index, out)
+        graph.initializers.pop(value.name or "")

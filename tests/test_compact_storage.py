@@ -1,0 +1,220 @@
+"""compact_storage: quantized layers' scales and biases stored as float16 behind a storage cast, the bounds on
+what it changes, and every consumer of the result (passes, the reference, ONNX export + ORT's integer kernels,
+the TVM integer kernels, the report)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import helper
+
+import compiler
+from backends.onnx import to_standard_onnx
+from compiler.ir import infer_shapes, run
+from compiler.ir.printer import parameter_count
+from passes._utils import constant, storage_source
+from passes.compact_storage import (
+    MAX_SCALE_CHANGE,
+    MIN_ELEMENTS,
+    CompactStoragePass,
+    float16_biases,
+    float16_scales,
+)
+from passes.constant_folding import FoldConstantsPass
+from tests.helpers import make_model, tensor, to_ir
+
+
+def _convnet() -> onnx.ModelProto:
+    """conv (24 channels, bias) -> relu -> 1x1 conv (32, bias) -> pool -> MatMul + Add (20 outputs)."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((24, 8, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((32, 24, 1, 1)) * 0.3).astype(np.float32)
+    wm = (rng.standard_normal((32, 20)) * 0.4).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "wm"], ["m"], name="fc"),
+        helper.make_node("Add", ["m", "bm"], ["y"], name="fc_bias"),
+    ]
+    inits = [
+        ("w1", w1),
+        ("b1", rng.standard_normal(24).astype(np.float32) * 0.1),
+        ("w2", w2),
+        ("b2", rng.standard_normal(32).astype(np.float32) * 0.1),
+        ("wm", wm),
+        ("bm", rng.standard_normal(20).astype(np.float32)),
+    ]
+    return make_model(nodes, [tensor("x", [1, 8, 10, 10])], [tensor("y", [1, 20])], inits)
+
+
+def _samples(n: int, seed: int) -> list[tuple[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((1, 8, 10, 10)).astype(np.float32),) for _ in range(n)]
+
+
+def _compile(target: str, compact: bool) -> compiler.CompiledModel:
+    options: dict[str, dict] = {"quantize_int8": {"cost_check": False}}  # every layer integer
+    if not compact:
+        options["compact_storage"] = {"scales": False, "biases": False}
+    return compiler.compile(
+        _convnet(), target=target, passes=["quantize_int8"], calibration=_samples(8, 1), pass_options=options,
+        measure=False,
+    )  # fmt: skip
+
+
+def _side_tensors(model: ir.Model) -> dict[str, tuple[str, ir.Value]]:
+    """Every weight DequantizeLinear's scale and every layer bias, as (node name/role, value read)."""
+    found = {}
+    for node in model.graph:
+        if node.op_type == "DequantizeLinear" and constant(node.inputs[0]) is not None:
+            users = [u.name for u, _ in node.outputs[0].uses()]
+            found[f"{users[0]}/scale"] = node.inputs[1]
+        if node.op_type in ("FusedConv", "FusedMatMul", "Conv") and len(node.inputs) > 2 and node.inputs[2] is not None:
+            found[f"{node.name}/bias"] = node.inputs[2]
+    return found
+
+
+def test_float16_scales_move_by_at_most_half_an_ulp_and_never_to_zero() -> None:
+    rng = np.random.default_rng(0)
+    scales = (10.0 ** rng.uniform(-4, 1, 500)).astype(np.float32)
+    half = float16_scales(scales)
+    assert half is not None and half.dtype == np.float16
+    change = np.abs(half.astype(np.float64) - scales) / scales
+    assert change.max() <= MAX_SCALE_CHANGE and change.max() > MAX_SCALE_CHANGE / 4  # rounding, not copying
+    # near-dead channels (BN-folded weights ~1e-8): below float16's range, kept nonzero, bounded by the largest
+    tiny = np.array([1e-3, 2e-3, 1e-10, 3e-12, 5e-6], np.float32)
+    half = float16_scales(tiny)
+    assert half is not None and np.all(half > 0)
+    assert np.abs(half.astype(np.float64) - tiny).max() <= MAX_SCALE_CHANGE * 2e-3
+    # a tensor whose smallest scale cannot be held within the bound stays float32
+    assert float16_scales(np.array([1e-6, 1e-5], np.float32)) is None
+    assert float16_scales(np.array([1.0, 7e4], np.float32)) is None
+    assert float16_scales(np.array([1.0, np.nan], np.float32)) is None
+    assert float16_biases(np.array([-3.5, 7e4], np.float32)) is None
+    assert float16_biases(np.array([-3.5, 1e-9], np.float32)) is not None
+
+
+def test_pipeline_ends_with_compact_storage_and_halves_the_side_tensors() -> None:
+    full, half = _compile("x86", compact=False), _compile("x86", compact=True)
+    assert half.config.passes[-1] == "compact_storage"
+    sides_full, sides_half = _side_tensors(full.ir), _side_tensors(half.ir)
+    assert sorted(sides_full) == sorted(sides_half)
+    assert len([k for k in sides_half if k.endswith("/bias")]) == 3 and len(sides_half) == 6, sorted(sides_half)
+    saved = 0
+    for key, value in sides_half.items():
+        before = constant(sides_full[key])
+        src = storage_source(value)
+        assert before is not None and src is not None and src.dtype == ir.DataType.FLOAT16, key
+        after = constant(value)
+        assert after is not None and after.dtype == np.float32 and after.shape == before.shape, key
+        np.testing.assert_allclose(after, before, rtol=MAX_SCALE_CHANGE, atol=2.0**-25, err_msg=key)
+        saved += before.nbytes // 2
+    assert parameter_count(full.ir)[1] - parameter_count(half.ir)[1] == saved
+    # the report's per-layer sizes count the float16 scales
+    records_full = {r.node: r for r in full.report.layers}
+    for record in half.report.layers:
+        scale = constant(sides_full[f"{record.node}/scale"])
+        assert scale is not None
+        assert records_full[record.node].bytes_after - record.bytes_after == scale.nbytes // 2, record.node
+
+
+def test_storage_casts_survive_fold_constants_and_read_as_constants() -> None:
+    model = infer_shapes(to_ir(_convnet()))
+    graph = model.graph
+    b1 = graph.initializers["b1"]
+    stored = ir.Value(name="b1_f16", const_value=ir.tensor(b1.const_value.numpy().astype(np.float16), name="b1_f16"))
+    graph.register_initializer(stored)
+    cast = ir.Node("", "Cast", [stored], [ir.AttrInt64("to", ir.DataType.FLOAT.value)], name="b1/storage_cast")
+    cast.outputs[0].name, cast.outputs[0].dtype, cast.outputs[0].shape = "b1_f32", ir.DataType.FLOAT, ir.Shape([24])
+    graph.insert_before(next(iter(graph)), [cast])
+    conv1 = next(n for n in graph if n.name == "conv1")
+    conv1.replace_input_with(2, cast.outputs[0])
+    # a node that reads only constants through the storage cast folds; the cast feeding the conv stays
+    two = ir.Value(name="two", const_value=ir.tensor(np.float32(2.0), name="two"))
+    graph.register_initializer(two)
+    mul = ir.Node("", "Mul", [cast.outputs[0], two], name="doubled")
+    mul.outputs[0].name, mul.outputs[0].dtype, mul.outputs[0].shape = "b1x2", ir.DataType.FLOAT, ir.Shape([24])
+    graph.insert_after(cast, [mul])
+    graph.outputs.append(mul.outputs[0])
+    FoldConstantsPass()(model)
+    ops = Counter(n.op_type for n in graph)
+    assert ops["Cast"] == 1 and ops["Mul"] == 0, ops
+    doubled = graph.outputs[-1]
+    assert doubled.name == "b1x2" and doubled.const_value is not None
+    rounded = b1.const_value.numpy().astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(doubled.const_value.numpy(), rounded * 2)
+    assert storage_source(conv1.inputs[2]) is stored
+    np.testing.assert_array_equal(constant(conv1.inputs[2]), stored.const_value.numpy().astype(np.float32))
+
+
+def test_export_of_a_fused_matmul_reshapes_its_float16_bias() -> None:
+    cm = _compile("x86", compact=True)  # fc is a FusedMatMul here (the onnx target keeps its output Q/DQ)
+    proto = to_standard_onnx(cm.ir)
+    casts = {n.output[0]: n for n in proto.graph.node if n.op_type == "Cast"}
+    assert len(casts) == 6 and {i for n in proto.graph.node for i in n.input} >= set(casts)  # none left dead
+    add = next(n for n in proto.graph.node if n.op_type == "Add" and any(i in casts for i in n.input))
+    halves = {t.name: t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    bias = halves[casts[next(i for i in add.input if i in casts)].input[0]]
+    assert list(bias.dims) == [1, 20]  # at the output's rank, so ORT keeps MatMul + Add apart from Gemm
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for (x,) in _samples(2, seed=5):
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], cm(x), rtol=1e-3, atol=0.05)
+
+
+def test_onnx_export_keeps_integer_kernels_and_matches_the_reference(tmp_path: Path) -> None:
+    cm = _compile("onnx", compact=True)
+    proto = to_standard_onnx(cm.ir)
+    casts = [n for n in proto.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 5  # 3 scales, the 2 conv biases (fc's bias is a separate Add here: float32)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == 2 and not ops["Conv"] and not ops["Cast"], ops  # ORT folded the casts
+    assert not ops["MatMul"] and not ops["Gemm"], ops
+    step = max(
+        float(np.max(constant(n.inputs[1])))  # type: ignore[arg-type]
+        for n in cm.ir.graph
+        if n.op_type == "QuantizeLinear"
+    )
+    for (x,) in _samples(3, seed=9):
+        got = sess.run(None, {"x": x})[0]
+        ref = run(cm.ir, {"x": x})["y"]
+        assert np.max(np.abs(got - ref)) <= 1.5 * step, (np.max(np.abs(got - ref)), step)
+
+
+def test_tvm_build_folds_the_casts_into_its_integer_kernels() -> None:
+    cm = _compile("x86", compact=True)
+    for (x,) in _samples(3, seed=11):
+        ref = run(cm.ir, {"x": x})["y"]
+        np.testing.assert_allclose(cm(x), ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_tensors_with_other_readers_or_few_values_stay_float32() -> None:
+    model = _compile("x86", compact=False).ir
+    graph = model.graph
+    conv2 = next(n for n in graph if n.name == "conv2")
+    bias = conv2.inputs[2]
+    assert bias is not None and bias.const_value is not None
+    probe = ir.Node("", "Identity", [bias], name="probe")  # a reader that is not a layer's bias
+    probe.outputs[0].name = "probe_out"
+    graph.append(probe)
+    graph.outputs.append(probe.outputs[0])
+    CompactStoragePass()(model)
+    assert conv2.inputs[2] is bias and bias.const_value.dtype == ir.DataType.FLOAT
+    conv1 = next(n for n in graph if n.name == "conv1")
+    assert storage_source(conv1.inputs[2]) is not None  # the other biases were stored as float16
+    for node in graph:
+        if node.op_type == "QuantizeLinear":  # activation scales: single values (and read by Q at run time)
+            assert node.inputs[1] is not None and storage_source(node.inputs[1]) is None
+            assert node.inputs[1].const_value is not None and node.inputs[1].const_value.size < MIN_ELEMENTS
