@@ -41,7 +41,7 @@ from passes.base import LayerRecord, Pass, register_pass
 from passes.quant.bias_correction import MIN_POSITIONS, bias_sites, correct_biases, float_channel_means
 from passes.quant.calibration import METHODS, TensorObserver, observe
 from passes.quant.conv_gptq import gptq_weight, layer_hessians
-from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, QuantPlan, plan_quantization
+from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, GUARD_SCOPES, QuantPlan, plan_quantization
 from passes.quant.layers import (
     QUANTIZABLE_OPS,
     QuantLayer,
@@ -109,6 +109,9 @@ class Int8Options:
     #: accuracy guard: keep the worst layers in fp32 until the model's relative output error (as
     #: :func:`passes.quant.diagnosis.relative_error` defines it, on ``diagnosis_samples``) is within this bound
     tolerance: float | None = None
+    #: which layers the guard may return to fp32: "all", or "weight_only" (only layers that compute in float
+    #: anyway: their fp32 weights cost bytes, never speed)
+    guard_scope: str = "all"
     #: keep in fp32 the layers whose integer kernel :mod:`compiler.cost` estimates not faster on the target.
     #: None: on for the CPU targets (x86, arm, onnx), off for cuda (see :func:`cost_check_enabled`).
     cost_check: bool | None = None
@@ -132,6 +135,8 @@ class Int8Options:
         _check_method(self.method, self.percentile)
         if self.tolerance is not None and not self.tolerance >= 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.guard_scope not in GUARD_SCOPES:
+            raise ValueError(f"guard_scope must be one of {', '.join(GUARD_SCOPES)}, got {self.guard_scope!r}")
         if self.kept_weights not in KEPT_WEIGHTS:
             raise ValueError(f"unknown kept_weights '{self.kept_weights}'; known: {', '.join(KEPT_WEIGHTS)}")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
@@ -594,6 +599,7 @@ class QuantizeInt8Pass(Pass):
             weight_only_one=weight_only_one,
             weight_only=[(la, WEIGHT_ONLY_OVERRIDE_NOTE) for la in override_wo],
             cost_kept_weight_only=opts.kept_weights == "int8",
+            guard_scope=opts.guard_scope,
         )
         moved = _requantize_for_ort(plan, opts) if target == "onnx" and opts.quantize_outputs else set()
         overridden = {la.name for la in override_wo}

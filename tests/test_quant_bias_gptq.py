@@ -173,6 +173,7 @@ def test_pass_options_wire_gptq_and_bias_correction() -> None:
         ({"weight_rounding": "adaround"}, "unknown weight_rounding 'adaround'; known: nearest, gptq"),
         ({"gptq_damp": 0.0}, "gptq_damp must be > 0"),
         ({"bias_correction_min_positions": 0}, "bias_correction_min_positions must be >= 1"),
+        ({"guard_scope": "int8"}, "guard_scope must be one of all, weight_only, got 'int8'"),
     ],
 )
 def test_option_errors(options: dict, message: str) -> None:

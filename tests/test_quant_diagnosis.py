@@ -250,6 +250,25 @@ def test_plan_quantization_diagnoses_and_guards_weight_only_layers() -> None:
     assert guarded.guard.error <= tolerance
 
 
+def test_guard_scope_weight_only_keeps_only_weight_only_layers() -> None:
+    """guard_scope="weight_only": the guard returns only float-compute (weight-only) layers to fp32 weights, never
+    an integer layer, even one worse than them; the integer layers' error stays in every measurement."""
+    model, feeds = _cost_model()
+    layers = find_layers(model)
+    kw = {"target": "x86", "weight_only_one": rtn(2), "cost_kept_weight_only": True, "samples": 2}
+    diagnosed = plan_quantization(model, layers, rtn(8), feeds, diagnose=True, **kw)
+    assert diagnosed.errors["pw2"] > diagnosed.errors["dw"]  # the all-layer guard would keep pw2 first
+    tolerance = 3 * diagnosed.errors["pw"]
+    scoped = plan_quantization(model, layers, rtn(8), feeds, tolerance=tolerance, guard_scope="weight_only", **kw)
+    assert scoped.guard is not None and scoped.guard.kept_names == ["dw"]
+    assert [ly.name for ly in scoped.quantize] == ["pw", "pw2"] and scoped.weight_only == []
+    # pw2's error is still there: the guard cannot reach the tolerance and says so
+    assert not scoped.guard.within_tolerance and scoped.guard.error > diagnosed.errors["pw2"] / 2
+    assert ">" in scoped.guard.note
+    with pytest.raises(PassError, match="guard_scope must be one of all, weight_only"):
+        plan_quantization(model, layers, rtn(8), feeds, tolerance=tolerance, guard_scope="int8", **kw)
+
+
 def test_report_summarizes_guard_cost_model_and_diagnosis() -> None:
     from compiler.cost import LayerShape, integer_kernel_pays_off
     from compiler.report import Report

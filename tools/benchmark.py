@@ -94,13 +94,17 @@ TARGET_OPTIONS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
     # measured no faster in the whole model (10.63 vs 10.69 ms on one thread; their maps are large, so the
     # quantize and layout passes eat the kernel's gain) and cost a crop of agreement (0.987 vs 0.991).
     # Every float layer stores int8 weights (3.40x -> 3.90x smaller) but for those the accuracy guard returns
-    # to fp32 (the first depthwise conv, 288 weights: all quantized 0.0385 -> 0.0311 on the guard's 4 samples);
-    # over 896 extra crops the relative logit error goes 0.0266 -> 0.0318 and agreement 0.978 -> 0.975.
+    # to fp32 weights; it may pick only such weight-only layers (float compute either way, so fp32 weights cost
+    # bytes, not speed): at 0.027 on its 4 samples it keeps 8 (the stem conv, the first three depthwise convs,
+    # the 32->16, 16->96, 96->24 and 24->144 1x1 convs; 33 KB more than int8). Over all 224 crops the
+    # mean relative logit error goes 0.0321 -> 0.0286 and agreement 0.973 -> 0.982, at 3.93x instead of 3.96x
+    # (float16 scales and biases, compact_storage).
     ("int8", "efficientnet_lite0", "x86"): {
         "quantize_int8": {
             "reduce_range": False,
             "kept_weights": "int8",
-            "tolerance": 0.034,
+            "tolerance": 0.027,
+            "guard_scope": "weight_only",
             "layers": dict.fromkeys(_EFFNET_EARLY_POINTWISE, "weight_only"),
         }
     },

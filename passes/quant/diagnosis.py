@@ -17,7 +17,7 @@ rest of the graph. A few samples (2-4) are enough to rank layers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +30,8 @@ from passes.quant.layers import QuantLayer
 
 #: How the notes of layers the accuracy guard kept in float start (the report counts them).
 GUARD_NOTE = "accuracy guard"
+#: Which layers the accuracy guard may keep in fp32: any, or only weight-only ones (whose compute is float anyway).
+GUARD_SCOPES = ("all", "weight_only")
 
 #: Samples a pass uses for diagnosis by default: enough to rank layers, few enough to be quick.
 DIAGNOSIS_SAMPLES = 4
@@ -243,6 +245,7 @@ def accuracy_guard(
     *,
     errors: Sequence[float] | None = None,
     reference: FloatReference | None = None,
+    eligible: Collection[str] | None = None,
 ) -> GuardResult:
     """Keep the worst layers in float until quantizing the others leaves the output error within
     ``tolerance`` (:func:`relative_error`).
@@ -250,7 +253,8 @@ def accuracy_guard(
     Layers are ranked by their :func:`layer_errors` (given as ``errors`` or measured here); the
     number ``k`` of worst layers kept is the smallest for which the model is within tolerance,
     found by binary search (the error is assumed to shrink as more layers stay in float; the
-    returned ``error`` is always measured for the returned set). ``model`` is not changed.
+    returned ``error`` is always measured for the returned set). Only layers named in ``eligible`` (all when
+    ``None``) may be kept; the others are always quantized. ``model`` is not changed.
     """
     if tolerance < 0:
         raise PassError(f"accuracy tolerance must be >= 0, got {tolerance}")
@@ -258,7 +262,8 @@ def accuracy_guard(
     per_layer = list(errors) if errors is not None else layer_errors(model, layers, quantize_one, feeds, reference=ref)
     if len(per_layer) != len(layers):
         raise PassError(f"{len(per_layer)} layer errors for {len(layers)} layers")
-    order = sorted(range(len(layers)), key=lambda i: -per_layer[i])
+    ranked = [i for i in range(len(layers)) if eligible is None or layers[i].name in eligible]
+    order = sorted(ranked, key=lambda i: -per_layer[i])
     measured: dict[int, float] = {}
 
     def error_keeping(k: int) -> float:
@@ -269,7 +274,7 @@ def accuracy_guard(
         return measured[k]
 
     full = error_keeping(0)
-    lo, hi = 0, len(layers)  # error_keeping(lo) > tolerance (unless lo == 0 passes); hi passes
+    lo, hi = 0, len(order)  # error_keeping(lo) > tolerance (unless lo == 0 passes); hi passes (when it can)
     if full <= tolerance:
         hi = 0
     while hi - lo > 1:
@@ -317,6 +322,7 @@ def plan_quantization(
     weight_only_one: QuantizeOne | None = None,
     weight_only: Sequence[tuple[QuantLayer, str]] = (),
     cost_kept_weight_only: bool = False,
+    guard_scope: str = "all",
 ) -> QuantPlan:
     """The decisions a quantization pass takes before rewriting: (1) with ``cost_check``, layers whose
     integer kernel is not estimated faster on ``target`` stay in float
@@ -324,12 +330,15 @@ def plan_quantization(
     weight-only layers (low-bit weights, float compute: ``weight_only_one`` rewrites one layer so); (2) with
     ``diagnose`` or a ``tolerance``, the :func:`layer_errors` of every layer to be quantized and of every
     weight-only one (those and the given ``weight_only`` layers, with their record notes); (3) with a
-    ``tolerance``, :func:`accuracy_guard` keeps the worst layers, quantized or weight-only, in fp32. ``model``
-    is not changed."""
+    ``tolerance``, :func:`accuracy_guard` keeps the worst layers, quantized or weight-only, in fp32; with
+    ``guard_scope="weight_only"`` only weight-only layers (float compute either way: fp32 weights cost bytes, not
+    speed). ``model`` is not changed."""
     from compiler.cost import integer_kernel_pays_off
 
     if (weight_only or cost_kept_weight_only) and weight_only_one is None:
         raise PassError("weight-only layers need a weight_only_one rewrite")
+    if guard_scope not in GUARD_SCOPES:
+        raise PassError(f"guard_scope must be one of {', '.join(GUARD_SCOPES)}, got {guard_scope!r}")
     quantize: list[QuantLayer] = []
     kept: list[tuple[QuantLayer, str]] = []
     for layer in layers:
@@ -369,7 +378,10 @@ def plan_quantization(
     errors = layer_errors(model, candidates, rewrite_one, feeds, reference=ref)
     plan.errors = {layer.name: e for layer, e in zip(candidates, errors)}
     if tolerance is not None:
-        plan.guard = accuracy_guard(model, candidates, rewrite_one, feeds, tolerance, errors=errors, reference=ref)
+        eligible = weight_only_names if guard_scope == "weight_only" else None
+        plan.guard = accuracy_guard(
+            model, candidates, rewrite_one, feeds, tolerance, errors=errors, reference=ref, eligible=eligible
+        )
         guarded = {layer.name for layer in plan.guard.kept}
         plan.quantize = [layer for layer in plan.quantize if layer.name not in guarded]
         plan.weight_only = [(layer, note) for layer, note in plan.weight_only if layer.name not in guarded]
