@@ -19,9 +19,8 @@ class Property(str, Enum):
     """Facts about the IR that passes require or guarantee."""
 
     SHAPES_INFERRED = "shapes_inferred"  #: every value has a dtype and shape
-    CONSTANTS_FOLDED = (
-        "constants_folded"  #: no node has only constant inputs (but weight DequantizeLinear, storage Cast)
-    )
+    #: no node has only constant inputs (but weight DequantizeLinear and storage Casts)
+    CONSTANTS_FOLDED = "constants_folded"
     NO_DEAD_CODE = "no_dead_code"  #: every node contributes to an output
     NO_BATCHNORM = "no_batchnorm"  #: no BatchNormalization node follows a Conv/Gemm
     STANDARD_OPS_ONLY = "standard_ops_only"  #: only ONNX-domain ops (no cacc:: ops)

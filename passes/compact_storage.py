@@ -1,7 +1,7 @@
 """``compact_storage``: store a quantized model's float32 side tensors (weight scales, biases) as float16.
 
-Once a layer's weights are 8- or 4-bit, its per-channel scales and its bias are a few percent of its bytes
-(EfficientNet-Lite0 int8: 176 KB of 4.79 MB). Each such float32 initializer becomes a float16 one read
+Once a layer's weights are 8- or 4-bit, its per-channel (or per-group) scales and its bias are a few percent
+of its bytes (EfficientNet-Lite0 int8: 176 KB of 4.79 MB). Each such float32 initializer becomes a float16 one read
 through a *storage cast*, ``Cast(to=FLOAT)``: every op still computes in float32 on the same values, and the
 exported ONNX stays standard (ONNX Runtime folds the cast when it loads the model, before its QDQ fusions;
 the TVM backends fold it when they emit the model). Passes see the float32 value through the cast
@@ -59,9 +59,10 @@ def _weight_dequantize(value: ir.Value | None) -> ir.Node | None:
     node = value.producer() if value is not None else None
     if node is None or not is_onnx_op(node, "DequantizeLinear") or not node.inputs:
         return None
-    q = node.inputs[0]
-    q_arr = constant(q)
-    return node if q_arr is not None and np.issubdtype(q_arr.dtype, np.integer) else None
+    q = node.inputs[0]  # int8, or int4 / uint4 (whose numpy dtypes are not np.integer)
+    if q is None or q.const_value is None or q.is_graph_input():
+        return None
+    return node if q.const_value.dtype.is_integer() else None
 
 
 def _is_scale_site(node: ir.Node, index: int) -> bool:
@@ -115,7 +116,8 @@ class CompactStoragePass(Pass):
             uses = list(value.uses())
             if not uses:
                 continue
-            if opts.scales and all(_is_scale_site(n, i) for n, i in uses):
+            scales = opts.scales and all(_is_scale_site(n, i) for n, i in uses)
+            if scales:
                 half = float16_scales(arr)
             elif opts.biases and all(_is_bias_site(n, i) for n, i in uses):
                 half = float16_biases(arr)
@@ -125,7 +127,7 @@ class CompactStoragePass(Pass):
                 continue
             self._store_half(graph, namer, value, half, uses)
             changed = True
-            if all(_is_scale_site(n, i) for n, i in uses):
+            if scales:  # the layer records count their scales (not their biases)
                 for dq, _ in uses:
                     for user, _j in dq.outputs[0].uses():
                         saved_by_node[user.name or ""] = saved_by_node.get(user.name or "", 0) + arr.nbytes // 2

@@ -23,6 +23,7 @@ from passes._utils import (
     add_initializer,
     constant,
     drop_unused_initializers,
+    drop_unused_storage_casts,
     int_attr,
     is_onnx_op,
     node_label,
@@ -135,5 +136,6 @@ class PackMatMulNBits(Pass):
             drop_unused_initializers(graph, old_inputs)
             modified = True
         if modified:
+            drop_unused_storage_casts(graph)  # float16-stored scales: MatMulNBits takes them as float32
             model.opset_imports.setdefault(MS_DOMAIN, 1)
         return ir.passes.PassResult(model, modified)

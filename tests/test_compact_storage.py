@@ -218,3 +218,35 @@ def test_tensors_with_other_readers_or_few_values_stay_float32() -> None:
         if node.op_type == "QuantizeLinear":  # activation scales: single values (and read by Q at run time)
             assert node.inputs[1] is not None and storage_source(node.inputs[1]) is None
             assert node.inputs[1].const_value is not None and node.inputs[1].const_value.size < MIN_ELEMENTS
+
+
+def test_int4_group_scales_are_stored_half_and_packed_float32_for_ort() -> None:
+    """Blocked int4 weights (int4 numpy dtypes are not np.integer): their group scales go float16; the onnx
+    target's MatMulNBits, whose scales must match its float32 input, gets them back as float32, no cast left."""
+    from backends.base import BuildOptions
+    from backends.onnx import OnnxBackend
+    from passes.base import PassContext
+    from passes.pack_matmulnbits import PackMatMulNBits
+    from passes.quantize_int4 import QuantizeWeightOnly
+
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    w = (rng.standard_normal((128, 32)) * 0.3).astype(np.float32)
+    model = infer_shapes(to_ir(make_model(nodes, [tensor("x", [2, 128])], [tensor("y", [2, 32])], [("w", w)], 21)))
+    QuantizeWeightOnly(PassContext(options={"quantize_weight_only": {"group_size": 32}}))(model)
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    before = run(model, {"x": x})["y"]
+    scale_before = constant(next(n for n in model.graph if n.op_type == "DequantizeLinear").inputs[1])
+    assert CompactStoragePass()(model).modified
+    dq = next(n for n in model.graph if n.op_type == "DequantizeLinear")
+    src = storage_source(dq.inputs[1])
+    assert src is not None and src.const_value is not None and src.const_value.dtype == ir.DataType.FLOAT16
+    np.testing.assert_allclose(constant(dq.inputs[1]), scale_before, rtol=MAX_SCALE_CHANGE)
+    after = run(model, {"x": x})["y"]
+    np.testing.assert_allclose(after, before, rtol=0, atol=4 * MAX_SCALE_CHANGE * float(np.abs(before).max()))
+    exe = OnnxBackend().build(model.clone(), BuildOptions())  # packs MatMulNBits
+    np.testing.assert_allclose(exe.run({"x": x})[0], after, rtol=1e-4, atol=1e-4)
+    PackMatMulNBits()(model)
+    assert [n.op_type for n in model.graph] == ["MatMulNBits"]
+    assert model.graph.node(0).inputs[2].const_value.dtype == ir.DataType.FLOAT  # type: ignore[union-attr]
+    assert not any(v.const_value.dtype == ir.DataType.FLOAT16 for v in model.graph.initializers.values())
