@@ -208,21 +208,30 @@ def test_fused_graph_after_fusing_activations_matches_ort() -> None:
 @pytest.mark.usefixtures("fuse_small_maps")
 def test_tile_search_builds_and_times_every_fused_candidate(tmp_path: Path) -> None:
     from backends.tvm.database import TuningDatabase, read_records
-    from backends.tvm.kernel_tuning import collect_kernels, tune_kernels
-    from backends.tvm.schedules.choice import tile_json
+    from backends.tvm.kernel_tuning import KernelCollector, collect_kernels, tune_kernels
+    from backends.tvm.schedules.choice import WORKLOAD_ATTR, tile_json, tile_source
 
     nodes, inits, outputs = _block_nodes(extra_reader=True)  # a depthwise + projection pair instead
     nodes = [
         *nodes,
         helper.make_node("Conv", ["x", "w4"], ["e4"]),
-        helper.make_node("Conv", ["e4", "wd4"], ["d4"], group=48),
+        helper.make_node("Conv", ["e4", "wd4"], ["d4"], group=32),
     ]
-    inits = {**inits, "w4": rand(48, 16, 1, 1, seed=10), "wd4": rand(48, 1, 3, 3, seed=11)}
+    inits = {**inits, "w4": rand(32, 16, 1, 1, seed=10), "wd4": rand(32, 1, 3, 3, seed=11)}
     model = to_ir(make_model(nodes, {"x": rand(1, 16, 15, 14)}, [*outputs, "d4"], inits))
     target = host_target(2)
     fused_kinds = ("depthwise_project", "expand_depthwise")
-    workloads = [wl for wl in collect_kernels(model, target) if wl.key.startswith(fused_kinds)]
+    collected = collect_kernels(model, target)
+    workloads = [wl for wl in collected if wl.key.startswith(fused_kinds)]
     assert sorted(wl.key.split(":")[0] for wl in workloads) == ["depthwise_project", "expand_depthwise"]
+    # the producers' own kernels, emitted before the fused ones made them dead, are not tuned
+    everything = KernelCollector()
+    with target, tile_source(everything):
+        mod = emit_relax(model)
+    live = {str(f.attrs[WORKLOAD_ATTR]) for _, f in mod.functions_items() if f.attrs and WORKLOAD_ATTR in f.attrs}
+    assert {wl.key for wl in collected} == live
+    dead = sorted(k.split(":")[0] for k in set(everything.workloads) - live)
+    assert dead == ["conv2d_nchwc", "depthwise_conv2d_nchwc"], dead
     tune_kernels(model, target, TuningDatabase(tmp_path), progress=False)
     for fused in workloads:
         records = [r for r in read_records(tmp_path / "records.jsonl") if r.workload == fused.workload]

@@ -23,7 +23,7 @@ import onnx_ir as ir
 import tvm
 
 from backends.tvm.database import Record, TuningDatabase, target_key
-from backends.tvm.schedules.choice import KernelWorkload, Tile, tile_json, tile_source
+from backends.tvm.schedules.choice import WORKLOAD_ATTR, KernelWorkload, Tile, tile_json, tile_source
 from backends.tvm.schedules.tiled import schedule_tiled
 from backends.tvm.schedules.tiling import target_lanes
 from backends.tvm.target import target_cores
@@ -66,13 +66,20 @@ def database_tiles(db: TuningDatabase | None, target: tvm.target.Target) -> Iter
 
 
 def collect_kernels(model: ir.Model, target: tvm.target.Target) -> list[KernelWorkload]:
-    """The distinct hand kernels ``model`` lowers to for ``target`` (most frequent first)."""
+    """The distinct hand kernels ``model`` runs for ``target`` (most frequent first): those emitted and still in
+    the module after its dead-code elimination (a fused pair's kernel makes its producers' own kernels dead)."""
     from backends.tvm.relax_emitter import emit_relax
 
     collector = KernelCollector()
     with target, tile_source(collector):
-        emit_relax(model)
-    return sorted(collector.workloads.values(), key=lambda wl: -collector.counts[wl.key])
+        mod = emit_relax(model)
+    live = {
+        str(func.attrs[WORKLOAD_ATTR])
+        for _, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and WORKLOAD_ATTR in func.attrs
+    }
+    workloads = [wl for key, wl in collector.workloads.items() if key in live]
+    return sorted(workloads, key=lambda wl: -collector.counts[wl.key])
 
 
 class BuiltKernel:

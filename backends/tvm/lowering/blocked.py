@@ -197,7 +197,7 @@ def emit_blocked_conv2d(
     if bias is not None:
         args.append(relax.const(pack_blocked_bias(bias, p)))
     name = "cacc_depthwise_conv2d_nchwc" if depthwise else "cacc_conv2d_nchwc"
-    y = call_kernel(ctx, make(tile), name, args, output_shape(p), "float32")
+    y = call_kernel(ctx, make(tile), name, args, output_shape(p), "float32", key)
     oh, ow = (h, wd) if pointwise else (p.oh, p.ow)
     return Blocked(ctx.emit(R.reshape(y, [p.n, p.co // b, oh, ow, b])), b)
 
@@ -226,7 +226,7 @@ def emit_planned_kernel(
     held = ctx.blocked_form(x_v)
     x = held.expr if held is not None and held.block == block else to_blocked(ctx, ctx.expr(x_v), block)
     args = [x, *(relax.const(a) for a in consts(plan))]
-    return Blocked(call_kernel(ctx, make(plan), name, args, out_shape(plan), "float32"), block)
+    return Blocked(call_kernel(ctx, make(plan), name, args, out_shape(plan), "float32", key), block)
 
 
 def lower_blocked(ctx: EmitContext, node: ir.Node) -> list[Out] | None:

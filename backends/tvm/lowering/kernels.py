@@ -14,7 +14,14 @@ import onnx_ir as ir
 from tvm import relax, tirx
 
 from backends.tvm.lowering.common import EmitContext
-from backends.tvm.schedules.choice import KernelWorkload, Tile, choose_tile, conv_candidates, gemm_candidates
+from backends.tvm.schedules.choice import (
+    WORKLOAD_ATTR,
+    KernelWorkload,
+    Tile,
+    choose_tile,
+    conv_candidates,
+    gemm_candidates,
+)
 from backends.tvm.schedules.conv import DEPTHWISE_TILES, conv_func, is_depthwise, pack_conv_weight, plan_conv
 from backends.tvm.schedules.epilogue import SUPPORTED
 from backends.tvm.schedules.gemm import GemmPlan, gemm_func, pack_lhs, pack_rhs
@@ -57,9 +64,19 @@ def conv_key(
 
 
 def call_kernel(
-    ctx: EmitContext, func: tirx.PrimFunc, name: str, args: Sequence[relax.Expr], shape: list[int], dtype: str
+    ctx: EmitContext,
+    func: tirx.PrimFunc,
+    name: str,
+    args: Sequence[relax.Expr],
+    shape: list[int],
+    dtype: str,
+    workload: str | None = None,
 ) -> relax.Expr:
-    """Add ``func`` to the module and emit ``call_tir(func, args)`` returning a ``dtype`` tensor of ``shape``."""
+    """Add ``func`` to the module and emit ``call_tir(func, args)`` returning a ``dtype`` tensor of ``shape``.
+    ``workload``: the key of the tuning workload ``func`` was built for (:data:`WORKLOAD_ATTR`), so tuning can
+    tell the kernels the model runs from those a later fusion made dead."""
+    if workload is not None:
+        func = func.with_attr(WORKLOAD_ATTR, workload)
     gvar = ctx.bb.add_func(func.without_attr("global_symbol"), name)
     return ctx.emit(relax.call_tir(gvar, relax.Tuple(list(args)), relax.TensorType(shape, dtype)))
 
@@ -108,7 +125,7 @@ def emit_dense(
     args = [ctx.emit(R.reshape(a, [1, m, k])), relax.const(pack_rhs(w, tile["nb"]))]
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
-    y = call_kernel(ctx, func, "cacc_dense", args, [1, m, n], "float32")
+    y = call_kernel(ctx, func, "cacc_dense", args, [1, m, n], "float32", wl.key)
     return ctx.emit(R.reshape(y, [*shape[:-1], n]))
 
 
@@ -138,7 +155,7 @@ def emit_batch_matmul(ctx: EmitContext, a: relax.Expr, b: relax.Expr) -> relax.E
     key = f"batch_matmul:b{batch}:m{m}:k{k}:n{n}:lanes{cfg.lanes}"
     func = make(choose_tile(KernelWorkload(key, default, gemm_candidates(m, n, cfg, default), make)))
     args = [ctx.emit(R.reshape(a, [batch, m, k])), ctx.emit(R.reshape(b, [batch, k, n]))]
-    y = call_kernel(ctx, func, "cacc_batch_matmul", args, [batch, m, n], "float32")
+    y = call_kernel(ctx, func, "cacc_batch_matmul", args, [batch, m, n], "float32", key)
     return ctx.emit(R.reshape(y, [*sa[:-2], m, n]))
 
 
@@ -190,7 +207,7 @@ def emit_conv2d(
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
     name = "cacc_depthwise_conv2d" if depthwise else "cacc_conv2d"
-    return call_kernel(ctx, func, name, args, [plan.n, co, plan.oh, plan.ow], "float32")
+    return call_kernel(ctx, func, name, args, [plan.n, co, plan.oh, plan.ow], "float32", key)
 
 
 def _pointwise_as_gemm(
@@ -255,5 +272,5 @@ def _emit_pointwise_conv(
     args = [relax.const(pack_lhs(w.reshape(co, c), tile["mr"])), ctx.emit(R.reshape(x, [n, c, hw]))]
     if bias is not None:
         args.append(relax.const(np.ascontiguousarray(bias.reshape(-1))))
-    y = call_kernel(ctx, func, "cacc_pointwise_conv2d", args, [n, co, hw], "float32")
+    y = call_kernel(ctx, func, "cacc_pointwise_conv2d", args, [n, co, hw], "float32", key)
     return ctx.emit(R.reshape(y, [n, co, h, wd]))

@@ -60,6 +60,9 @@ class TileSource(Protocol):
         ...
 
 
+#: PrimFunc attribute: the key of the tuning workload a hand kernel in an emitted module was built for.
+WORKLOAD_ATTR = "cacc.workload"
+
 _SOURCE: ContextVar[TileSource | None] = ContextVar("cacc_tile_source", default=None)
 
 
