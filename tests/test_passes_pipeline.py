@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
-from compiler.errors import PassError
+from compiler.errors import NumericsError, PassError
 from compiler.ir import op_histogram
 from passes import Pass, PassManager, Property, available_passes, decompose_cacc_ops, get_pass, register_pass
 from tests.test_passes_common import assert_same_numerics, feeds_for, make_model, max_scaled_error, ort_run, snapshot
@@ -105,6 +105,42 @@ class _NeedsShapes(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return ir.passes.PassResult(model, False)
+
+
+class _NudgeOutputs(Pass):
+    """Test-only: scales the bias of the final Add by 1.01 (not an exact rewrite, against the default tolerance)."""
+
+    name = "nudge_outputs_test_only"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for value in model.graph.initializers.values():
+            if any(u.op_type == "Add" for u, _ in value.uses()) and value.const_value is not None:
+                value.const_value = ir.tensor(value.const_value.numpy() * F(1.01), name=value.name)
+                return ir.passes.PassResult(model, modified=True)
+        return ir.passes.PassResult(model, modified=False)
+
+
+def test_debug_mode_judges_each_pass_by_its_own_change() -> None:
+    """After a compression pass (exempt from the check), the exact passes that follow are compared with the
+    model they were given, not with the float original; each record's max_error is still against the original."""
+    from passes import PassContext
+    from passes.quantize_int8 import QuantizeInt8Pass
+
+    model = _small_cnn()
+    feeds = feeds_for(model)
+    context = PassContext(calibration=[feeds_for(model, seed=s) for s in range(4)], options={})
+    context.options["quantize_int8"] = {"cost_check": False}
+    steps = ["fold_constants", "fold_batchnorm", QuantizeInt8Pass(context), "fuse_bias_activation"]
+    result = PassManager(steps, debug=True, reference_inputs=feeds, context=context).run(model)
+    errors = {r.name: r.max_error for r in result.records}
+    assert errors["quantize_int8"] is not None and errors["quantize_int8"] > 1e-3
+    assert errors["fuse_bias_activation"] == pytest.approx(errors["quantize_int8"], rel=1e-3)
+    # a pass that does change the outputs is still named, compression before it or not
+    model = _small_cnn()
+    steps = ["fold_constants", QuantizeInt8Pass(context), _NudgeOutputs()]
+    with pytest.raises(NumericsError, match="in this pass") as info:
+        PassManager(steps, debug=True, reference_inputs=feeds, context=context).run(model)
+    assert info.value.pass_name == "nudge_outputs_test_only"
 
 
 def test_requirement_order_is_checked_before_running() -> None:
