@@ -99,7 +99,10 @@ class CompactStoragePass(Pass):
 
     name = "compact_storage"
     description = "store quantized layers' weight scales and biases as float16 (read through a Cast to float32)"
-    numerics_tolerance = 1e-2
+    #: exempt from debug mode's numerics check, like the quantizers: with quantized activations its half-ulp
+    #: nudges carry values across rounding boundaries, whole quantization steps that no fixed tolerance tells
+    #: from a bug (fmnist_cnn on the onnx target: 1.5% of the output's range); its bounds are tested directly
+    numerics_tolerance = None
     stage = "storage"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
