@@ -44,14 +44,20 @@ def _initializer_array(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
+#: Node metadata marking a storage cast (kept in the ONNX ``metadata_props``, so saved models keep it too).
+STORAGE_MARK = "cacc.storage"
+
+
 def storage_source(value: ir.Value | None) -> ir.Value | None:
     """The float16 initializer that a *storage cast* widens into ``value``, else ``None``.
 
-    A storage cast is a ``Cast(to=FLOAT)`` of a float16 initializer: a float32 constant stored in half the
-    bytes (see :mod:`passes.compact_storage`). Passes treat its output as the constant it stands for
-    (:func:`constant`) and ``fold_constants`` leaves it in place, as it does a weight ``DequantizeLinear``."""
+    A storage cast is a ``Cast(to=FLOAT)`` of a float16 initializer, marked :data:`STORAGE_MARK` by
+    :func:`storage_cast`: a float32 constant stored in half the bytes (see :mod:`passes.compact_storage`).
+    Passes treat its output as the constant it stands for (:func:`constant`) and ``fold_constants`` leaves it
+    in place, as it does a weight ``DequantizeLinear``. An unmarked cast (a model's own float16 weights) is an
+    ordinary node, which ``fold_constants`` folds."""
     node = value.producer() if value is not None else None
-    if node is None or not is_onnx_op(node, "Cast") or not node.inputs:
+    if node is None or not is_onnx_op(node, "Cast") or not node.inputs or STORAGE_MARK not in node.metadata_props:
         return None
     src = node.inputs[0]
     if int(attr(node, "to", 0)) != ir.DataType.FLOAT.value or src is None or src.is_graph_input():
@@ -69,6 +75,7 @@ def storage_cast(graph: ir.Graph, namer: Namer, half: ir.Value) -> ir.Value:
     base = (half.name or "const").removesuffix("_f16")
     to_float = ir.AttrInt64("to", ir.DataType.FLOAT.value)
     cast = ir.Node("", "Cast", [half], [to_float], name=namer(f"{base}/storage_cast"))
+    cast.metadata_props[STORAGE_MARK] = "float16"
     out = cast.outputs[0]
     out.name = namer(f"{base}_f32")
     out.dtype = ir.DataType.FLOAT

@@ -17,7 +17,7 @@ import compiler
 from backends.onnx import to_standard_onnx
 from compiler.ir import infer_shapes, run
 from compiler.ir.printer import parameter_count
-from passes._utils import constant, storage_source
+from passes._utils import Namer, add_initializer, constant, storage_cast, storage_source
 from passes.compact_storage import (
     MAX_SCALE_CHANGE,
     MIN_ELEMENTS,
@@ -136,17 +136,16 @@ def test_storage_casts_survive_fold_constants_and_read_as_constants() -> None:
     model = infer_shapes(to_ir(_convnet()))
     graph = model.graph
     b1 = graph.initializers["b1"]
-    stored = ir.Value(name="b1_f16", const_value=ir.tensor(b1.const_value.numpy().astype(np.float16), name="b1_f16"))
-    graph.register_initializer(stored)
-    cast = ir.Node("", "Cast", [stored], [ir.AttrInt64("to", ir.DataType.FLOAT.value)], name="b1/storage_cast")
-    cast.outputs[0].name, cast.outputs[0].dtype, cast.outputs[0].shape = "b1_f32", ir.DataType.FLOAT, ir.Shape([24])
-    graph.insert_before(next(iter(graph)), [cast])
+    stored = add_initializer(graph, "b1_f16", b1.const_value.numpy().astype(np.float16))
+    stored_f32 = storage_cast(graph, Namer(graph), stored)
+    cast = stored_f32.producer()
+    assert cast is not None
     conv1 = next(n for n in graph if n.name == "conv1")
-    conv1.replace_input_with(2, cast.outputs[0])
+    conv1.replace_input_with(2, stored_f32)
     # a node that reads only constants through the storage cast folds; the cast feeding the conv stays
     two = ir.Value(name="two", const_value=ir.tensor(np.float32(2.0), name="two"))
     graph.register_initializer(two)
-    mul = ir.Node("", "Mul", [cast.outputs[0], two], name="doubled")
+    mul = ir.Node("", "Mul", [stored_f32, two], name="doubled")
     mul.outputs[0].name, mul.outputs[0].dtype, mul.outputs[0].shape = "b1x2", ir.DataType.FLOAT, ir.Shape([24])
     graph.insert_after(cast, [mul])
     graph.outputs.append(mul.outputs[0])
@@ -278,3 +277,31 @@ def test_debug_mode_measures_the_pass_without_bounding_it() -> None:
     records = {r.name: r for r in cm.report.passes}
     assert CompactStoragePass.numerics_tolerance is None
     assert records["compact_storage"].modified and records["compact_storage"].max_error is not None
+
+
+def test_a_models_own_float16_weights_still_fold() -> None:
+    """An unmarked Cast of a float16 initializer (a model exported with float16 weights) is an ordinary node:
+    fold_constants folds it, so the passes after see a float32 initializer they can rewrite."""
+    nodes = [
+        helper.make_node("Cast", ["w16"], ["w"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+    ]
+    w16 = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float16)
+    model = to_ir(make_model(nodes, [tensor("x", [2, 8])], [tensor("y", [2, 4])], [("w16", w16)]))
+    assert storage_source(model.graph.node(0).outputs[0]) is None
+    FoldConstantsPass()(model)
+    assert [n.op_type for n in model.graph] == ["MatMul"]
+    w = model.graph.node(0).inputs[1]
+    assert w is not None and w.is_initializer() and w.const_value is not None
+    np.testing.assert_array_equal(w.const_value.numpy(), w16.astype(np.float32))
+
+
+def test_saved_models_keep_their_storage_casts(tmp_path: Path) -> None:
+    cm = _compile("x86", compact=True)
+    loaded = compiler.load(cm.save(tmp_path / "m.cacc"))
+    marked = [n for n in loaded.ir.graph if n.op_type == "Cast" and storage_source(n.outputs[0]) is not None]
+    assert len(marked) == 6
+    proto = to_standard_onnx(loaded.ir)  # the export still keeps the FusedMatMul bias in float16
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 and list(t.dims) == [1, 20] for t in proto.graph.initializer)
+    x = _samples(1, seed=3)[0][0]
+    np.testing.assert_array_equal(loaded(x), cm(x))
