@@ -2,7 +2,8 @@
 
 Once a layer's weights are 8- or 4-bit, its per-channel (or per-group) scales and its bias are a few percent
 of its bytes (EfficientNet-Lite0 int8: 176 KB of 4.79 MB). Each such float32 initializer becomes a float16 one read
-through a *storage cast*, ``Cast(to=FLOAT)``: every op still computes in float32 on the same values, and the
+through a *storage cast*, ``Cast(to=FLOAT)`` marked in its node metadata (:data:`passes._utils.STORAGE_MARK`;
+a model's own float16 weights behind an unmarked cast fold as usual): every op still computes in float32, and the
 exported ONNX stays standard (ONNX Runtime folds the cast when it loads the model, before its QDQ fusions;
 the TVM backends fold it when they emit the model). Passes see the float32 value through the cast
 (:func:`passes._utils.constant`) and ``fold_constants`` leaves it alone.
@@ -19,7 +20,8 @@ What it rewrites, only for quantized layers (a weight read through a ``Dequantiz
 
 Tensors of fewer than :data:`MIN_ELEMENTS` values and initializers with any other reader are left alone.
 The compression pipelines run this pass last (:func:`passes.manager.expand_pipeline`); options ``scales``
-and ``biases`` (both on) turn either part off.
+and ``biases`` (both on) turn either part off. Like the quantizers, it is exempt from debug mode's numerics
+check (see :attr:`CompactStoragePass.numerics_tolerance`).
 """
 
 from __future__ import annotations
