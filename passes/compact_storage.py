@@ -55,6 +55,12 @@ class CompactStorageOptions:
     scales: bool = True
     biases: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("scales", "biases"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+
 
 def _weight_dequantize(value: ir.Value | None) -> ir.Node | None:
     """The ``DequantizeLinear`` of constant integer weights that produces ``value``, else ``None``."""

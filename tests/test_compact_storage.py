@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+import pytest
 from onnx import helper
 
 import compiler
@@ -305,3 +306,17 @@ def test_saved_models_keep_their_storage_casts(tmp_path: Path) -> None:
     assert any(t.data_type == onnx.TensorProto.FLOAT16 and list(t.dims) == [1, 20] for t in proto.graph.initializer)
     x = _samples(1, seed=3)[0][0]
     np.testing.assert_array_equal(loaded(x), cm(x))
+
+
+def test_option_errors_name_the_pass() -> None:
+    from compiler.errors import PassError
+    from passes.base import PassContext
+
+    model = to_ir(_convnet())
+    for options, message in (
+        ({"scale": False}, "unknown option"),
+        ({"biases": "maybe"}, "biases must be true or false"),
+    ):
+        with pytest.raises(PassError, match=message) as info:
+            CompactStoragePass(PassContext(options={"compact_storage": options}))(model)
+        assert info.value.pass_name == "compact_storage"
