@@ -44,13 +44,21 @@ def _blocked(a: np.ndarray, b: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(n, c // b, b, h, w).transpose(0, 1, 3, 4, 2))
 
 
+def _run_kernel(func: tvm.tirx.PrimFunc, args: list[np.ndarray], out_shape: Sequence[int]) -> np.ndarray:
+    """Build ``func`` for the host and run it on ``args``; its output starts as NaN, so an element it never
+    writes fails the comparison."""
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=host_target(2))
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.full(out_shape, np.nan, np.float32), dev)
+    lib[lib.entry_name](*[tvm.runtime.tensor(a, dev) for a in args], out)
+    return out.numpy()
+
+
 def _run_plan(p: ed.ExpandDepthwisePlan, act1: str, act2: str, bias: bool, seed: int = 0) -> None:
     x = rand(1, p.c, p.h, p.w, seed=seed)
     w1, w2 = rand(p.ce, p.c, 1, 1, seed=seed + 1) * 0.3, rand(p.ce, 1, p.kh, p.kw, seed=seed + 2) * 0.3
     b1, b2 = (rand(p.ce, seed=seed + 3), rand(p.ce, seed=seed + 4)) if bias else (None, None)
     func = ed.expand_depthwise_func(p, (act1, _PARAMS[act1]), (act2, _PARAMS[act2]))
-    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=host_target(2))
-    dev = tvm.cpu()
     args = [
         _blocked(x, p.block),
         ed.pack_expand_weight(w1, p),
@@ -58,11 +66,10 @@ def _run_plan(p: ed.ExpandDepthwisePlan, act1: str, act2: str, bias: bool, seed:
         ed.pack_depthwise_weight(w2, p),
         ed.pack_group_bias(b2, p),
     ]
-    out = tvm.runtime.tensor(np.full(ed.output_shape(p), np.nan, np.float32), dev)
-    lib[lib.entry_name](*[tvm.runtime.tensor(a, dev) for a in args], out)
+    out = _run_kernel(func, args, ed.output_shape(p))
     zeros = np.zeros(p.ce, np.float32)
     want = _reference(x, w1, zeros if b1 is None else b1, act1, w2, zeros if b2 is None else b2, act2, p.stride, p.pad)
-    np.testing.assert_allclose(out.numpy(), _blocked(want, p.block), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out, _blocked(want, p.block), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("cfg", [TileConfig(16, 32), TileConfig(8, 16)], ids=["avx512", "avx2"])
@@ -247,8 +254,6 @@ def _run_dp_plan(p: dp.DepthwiseProjectPlan, act1: str, act2: str, bias: bool, s
     wd, wp = rand(p.c, 1, p.kh, p.kw, seed=seed + 1) * 0.3, rand(p.co, p.c, 1, 1, seed=seed + 2) * 0.3
     bd, bp = (rand(p.c, seed=seed + 3), rand(p.co, seed=seed + 4)) if bias else (None, None)
     func = dp.depthwise_project_func(p, (act1, _PARAMS[act1]), (act2, _PARAMS[act2]))
-    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=host_target(2))
-    dev = tvm.cpu()
     args = [
         _blocked(x, p.block),
         dp.pack_depthwise_weight(wd, p),
@@ -256,15 +261,14 @@ def _run_dp_plan(p: dp.DepthwiseProjectPlan, act1: str, act2: str, bias: bool, s
         dp.pack_project_weight(wp, p),
         dp.pack_bias(bp, p.co, p),
     ]
-    out = tvm.runtime.tensor(np.full(dp.output_shape(p), np.nan, np.float32), dev)
-    lib[lib.entry_name](*[tvm.runtime.tensor(a, dev) for a in args], out)
+    out = _run_kernel(func, args, dp.output_shape(p))
     t = torch.nn.functional.pad(torch.from_numpy(x), (p.pad[1], p.pad[3], p.pad[0], p.pad[2]))
     bd_t = None if bd is None else torch.from_numpy(bd)
     t = _ACTS[act1](torch.nn.functional.conv2d(t, torch.from_numpy(wd), bd_t, stride=p.stride, groups=p.c))
     want = _ACTS[act2](
         torch.nn.functional.conv2d(t, torch.from_numpy(wp), None if bp is None else torch.from_numpy(bp))
     )
-    np.testing.assert_allclose(out.numpy(), _blocked(want.numpy(), p.block), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out, _blocked(want.numpy(), p.block), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("cfg", [TileConfig(16, 32), TileConfig(8, 16)], ids=["avx512", "avx2"])
