@@ -18,6 +18,12 @@ What it rewrites, only for quantized layers (a weight read through a ``Dequantiz
   (``biases``): each bias value moves by at most 2^-11 of itself (plus 2^-25 for values below float16's
   normal range); a bias beyond float16's range stays float32.
 
+Opt-in (``float_weights``), for the layers a quantizer left in float with float32 weights (kept by an override,
+the accuracy guard or the cost model): their weights, and their biases, as float16 under the same bound as the
+scales (2^-11 of the tensor's largest magnitude; a normal float16 value moves by at most 2^-11 of itself), some
+twenty times below an 8-bit rounding, for half the bytes. Off by default: a layer kept "fp32" keeps its exact
+weights unless the user asks for this. Their layer records count the saved bytes and say so in their note.
+
 Tensors of fewer than :data:`MIN_ELEMENTS` values and initializers with any other reader are left alone.
 The compression pipelines run this pass last (:func:`passes.manager.expand_pipeline`); options ``scales``
 and ``biases`` (both on) turn either part off. Like the quantizers, it is exempt from debug mode's numerics
@@ -44,8 +50,12 @@ MAX_SCALE_CHANGE = 2.0**-11
 FLOAT16_MAX = 65504.0
 SMALLEST_SUBNORMAL = 2.0**-24
 
-#: (domain, op type) of the layers whose bias input (index 2) is compacted.
+#: (domain, op type) of the layers whose bias input (index 2) is compacted; their weight is input 1.
 _BIAS_LAYERS = {("", "Conv"), ("", "Gemm"), (CACC_DOMAIN, "FusedConv"), (CACC_DOMAIN, "FusedMatMul")}
+#: (domain, op type) of the float layers whose constant weight (input 1) ``float_weights`` stores as float16.
+_WEIGHT_LAYERS = _BIAS_LAYERS | {("", "MatMul")}
+#: The note a float16-stored layer's record gets.
+FLOAT16_NOTE = "weights stored as float16"
 
 
 @dataclass
@@ -54,9 +64,10 @@ class CompactStorageOptions:
 
     scales: bool = True
     biases: bool = True
+    float_weights: bool = False  #: float layers' float32 weights (and biases) as float16
 
     def __post_init__(self) -> None:
-        for name in ("scales", "biases"):
+        for name in ("scales", "biases", "float_weights"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -73,13 +84,32 @@ def _weight_dequantize(value: ir.Value | None) -> ir.Node | None:
     return node if q.const_value.dtype.is_integer() else None
 
 
+def _op(node: ir.Node) -> tuple[str, str]:
+    return ("" if node.domain == "ai.onnx" else node.domain, node.op_type)
+
+
 def _is_scale_site(node: ir.Node, index: int) -> bool:
     return index == 1 and _weight_dequantize(node.outputs[0]) is node
 
 
-def _is_bias_site(node: ir.Node, index: int) -> bool:
-    domain = "" if node.domain == "ai.onnx" else node.domain
-    return index == 2 and (domain, node.op_type) in _BIAS_LAYERS and _weight_dequantize(node.inputs[1]) is not None
+def _is_float_weight(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a float layer's constant float32 weight (an initializer, or one already stored as
+    float16 behind a storage cast), not a dequantized one."""
+    return value is not None and value.dtype == ir.DataType.FLOAT and constant(value) is not None
+
+
+def _is_bias_site(node: ir.Node, index: int, quantized: bool, float_weights: bool) -> bool:
+    """Whether input ``index`` of ``node`` is the bias of a quantized layer (``quantized``) or of a float layer
+    with a float32 weight (``float_weights``)."""
+    if index != 2 or _op(node) not in _BIAS_LAYERS or len(node.inputs) < 2:
+        return False
+    if _weight_dequantize(node.inputs[1]) is not None:
+        return quantized
+    return float_weights and _is_float_weight(node.inputs[1])
+
+
+def _is_weight_site(node: ir.Node, index: int) -> bool:
+    return index == 1 and _op(node) in _WEIGHT_LAYERS
 
 
 def float16_scales(scale: np.ndarray) -> np.ndarray | None:
@@ -119,6 +149,7 @@ class CompactStoragePass(Pass):
         graph = model.graph
         namer = Namer(graph)
         saved_by_node: dict[str, int] = {}
+        half_weights: set[str] = set()  # layers whose float weights were stored as float16
         changed = False
         for value in list(graph.initializers.values()):
             arr = constant(value)
@@ -128,9 +159,10 @@ class CompactStoragePass(Pass):
             if not uses:
                 continue
             scales = opts.scales and all(_is_scale_site(n, i) for n, i in uses)
-            if scales:
+            weights = not scales and opts.float_weights and all(_is_weight_site(n, i) for n, i in uses)
+            if scales or weights:  # a weight scale or a float weight: the same bound
                 half = float16_scales(arr)
-            elif opts.biases and all(_is_bias_site(n, i) for n, i in uses):
+            elif all(_is_bias_site(n, i, opts.biases, opts.float_weights) for n, i in uses):
                 half = float16_biases(arr)
             else:
                 continue
@@ -138,12 +170,15 @@ class CompactStoragePass(Pass):
                 continue
             self._store_half(graph, namer, value, half, uses)
             changed = True
-            if scales:  # the layer records count their scales (not their biases)
-                for dq, _ in uses:
-                    for user, _j in dq.outputs[0].uses():
-                        saved_by_node[user.name or ""] = saved_by_node.get(user.name or "", 0) + arr.nbytes // 2
+            # the layer records count their weights' bytes (scales included, biases not)
+            users = [user for dq, _ in uses for user, _j in dq.outputs[0].uses()] if scales else []
+            for user in users + ([node for node, _ in uses] if weights else []):
+                saved_by_node[user.name or ""] = saved_by_node.get(user.name or "", 0) + arr.nbytes // 2
+            half_weights.update(node.name or "" for node, _ in uses if weights)
         for record in self.context.layers:
             record.bytes_after -= saved_by_node.pop(record.node, 0)
+            if record.node in half_weights:
+                record.note = f"{record.note}; {FLOAT16_NOTE}" if record.note else FLOAT16_NOTE
         return ir.passes.PassResult(model, modified=changed)
 
     @staticmethod

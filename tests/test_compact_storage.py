@@ -20,6 +20,7 @@ from compiler.ir import infer_shapes, run
 from compiler.ir.printer import parameter_count
 from passes._utils import Namer, add_initializer, constant, storage_cast, storage_source
 from passes.compact_storage import (
+    FLOAT16_NOTE,
     MAX_SCALE_CHANGE,
     MIN_ELEMENTS,
     CompactStoragePass,
@@ -62,10 +63,17 @@ def _samples(n: int, seed: int) -> list[tuple[np.ndarray]]:
     return [(rng.standard_normal((1, 8, 10, 10)).astype(np.float32),) for _ in range(n)]
 
 
-def _compile(target: str, compact: bool) -> compiler.CompiledModel:
-    options: dict[str, dict] = {"quantize_int8": {"cost_check": False}}  # every layer integer
+def _compile(
+    target: str, compact: bool, kept: str | None = None, storage: dict | None = None
+) -> compiler.CompiledModel:
+    """_convnet with every layer integer (but ``kept``, left fp32 by an override)."""
+    options: dict[str, dict] = {"quantize_int8": {"cost_check": False}}
+    if kept:
+        options["quantize_int8"]["layers"] = {kept: "fp32"}
     if not compact:
         options["compact_storage"] = {"scales": False, "biases": False}
+    if storage is not None:
+        options["compact_storage"] = storage
     return compiler.compile(
         _convnet(), target=target, passes=["quantize_int8"], calibration=_samples(8, 1), pass_options=options,
         measure=False,
@@ -308,6 +316,47 @@ def test_saved_models_keep_their_storage_casts(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded(x), cm(x))
 
 
+def test_float_weights_store_kept_layers_half_within_the_bound() -> None:
+    """Opt-in: a layer kept fp32 stores its weight and bias as float16 (each weight within 2^-11 of the tensor's
+    largest), its record counts the bytes and says so; the quantized layers' biases follow ``biases`` alone."""
+    exact = _compile("x86", compact=True, kept="conv2", storage={"biases": False})  # float_weights left default
+    half = _compile("x86", compact=True, kept="conv2", storage={"float_weights": True, "biases": False})
+    conv2 = {cm: next(n for n in cm.ir.graph if n.name == "conv2") for cm in (exact, half)}
+    assert all(storage_source(conv2[exact].inputs[i]) is None for i in (1, 2))  # off by default: exact weights
+    w, b = (constant(conv2[exact].inputs[i]) for i in (1, 2))
+    assert w is not None and b is not None
+    for i, before in ((1, w), (2, b)):
+        src = storage_source(conv2[half].inputs[i])
+        assert src is not None and src.dtype == ir.DataType.FLOAT16, i
+        bound = MAX_SCALE_CHANGE * np.abs(before).max()
+        np.testing.assert_allclose(constant(conv2[half].inputs[i]), before, rtol=0, atol=bound)
+    for node in half.ir.graph:  # biases=False: the integer layers' biases stay float32
+        if node.name != "conv2" and node.op_type in ("FusedConv", "FusedMatMul") and len(node.inputs) > 2:
+            assert storage_source(node.inputs[2]) is None, node.name
+    record = {r.node: r for r in half.report.layers}["conv2"]
+    exact_record = {r.node: r for r in exact.report.layers}["conv2"]
+    assert record.weight_bits is None and record.bytes_after == exact_record.bytes_after - w.nbytes // 2
+    assert FLOAT16_NOTE in record.note and FLOAT16_NOTE not in exact_record.note
+    assert parameter_count(exact.ir)[1] - parameter_count(half.ir)[1] == (w.nbytes + b.nbytes) // 2
+    for (x,) in _samples(3, seed=13):  # TVM folds the casts into its packed float weights
+        ref = run(half.ir, {"x": x})["y"]
+        np.testing.assert_allclose(half(x), ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_float_weights_export_runs_in_ort_like_the_reference() -> None:
+    cm = _compile("onnx", compact=True, kept="conv1", storage={"float_weights": True})
+    proto = to_standard_onnx(cm.ir)
+    halves = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    casts = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Cast"}
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    (conv1,) = [n for n in proto.graph.node if n.op_type == "Conv" and n.input[1] not in dequantized]
+    assert casts.get(conv1.input[1]) in halves and casts.get(conv1.input[2]) in halves
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    step = _largest_activation_step(cm.ir)
+    for (x,) in _samples(3, seed=17):
+        assert np.max(np.abs(sess.run(None, {"x": x})[0] - run(cm.ir, {"x": x})["y"])) <= 1.5 * step
+
+
 def test_option_errors_name_the_pass() -> None:
     from compiler.errors import PassError
     from passes.base import PassContext
@@ -316,6 +365,7 @@ def test_option_errors_name_the_pass() -> None:
     for options, message in (
         ({"scale": False}, "unknown option"),
         ({"biases": "maybe"}, "biases must be true or false"),
+        ({"float_weights": 1}, "float_weights must be true or false"),
     ):
         with pytest.raises(PassError, match=message) as info:
             CompactStoragePass(PassContext(options={"compact_storage": options}))(model)
