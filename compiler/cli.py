@@ -109,7 +109,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """``cacc export-onnx MODEL -o out.onnx``: optimize and write standard ONNX."""
     cm = _compile(args, "onnx", measure=False)
-    print(f"wrote {cm.export_onnx(args.output)} (max abs error {cm.report.max_abs_error:.3g})")
+    path = cm.export_onnx(args.output, debug_info=args.debug_info)
+    print(f"wrote {path} (max abs error {cm.report.max_abs_error:.3g})")
     return 0
 
 
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-onnx", help="optimize a model and write standard ONNX")
     common(p, target=False)
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument(
+        "--debug-info", action="store_true", help="keep intermediate shapes and the source exporter's node metadata"
+    )
     p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("inspect", help="print the IR and op statistics")

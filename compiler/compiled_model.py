@@ -74,11 +74,12 @@ class CompiledModel:
             outputs = [torch.from_numpy(np.ascontiguousarray(o)) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def export_onnx(self, path: str | os.PathLike[str]) -> Path:
-        """Write the optimized model as standard ONNX (runs in onnxruntime)."""
+    def export_onnx(self, path: str | os.PathLike[str], *, debug_info: bool = False) -> Path:
+        """Write the optimized model as standard ONNX (runs in onnxruntime). ``debug_info`` keeps the
+        intermediate shapes (``value_info``) and the source exporter's node metadata (stack traces)."""
         from backends.onnx import export_onnx
 
-        return export_onnx(self.ir, path)
+        return export_onnx(self.ir, path, debug_info=debug_info)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save to a single ``.cacc`` file (ONNX protobuf + JSON; no pickle). Reload with ``compiler.load``."""

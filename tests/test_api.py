@@ -101,6 +101,60 @@ def test_export_onnx_passes_checker_and_matches(tmp_path, tiny, tiny_onnx_target
     np.testing.assert_allclose(out, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_export_onnx_leaves_out_debug_info_unless_asked(tmp_path, tiny, tiny_onnx_target):
+    """By default the file drops intermediate shapes and torch.export's node metadata (stack traces): smaller,
+    the same graph, the same outputs in ORT; ``debug_info=True`` keeps both."""
+    _net, x = tiny
+    lean = tiny_onnx_target.export_onnx(tmp_path / "lean.onnx")
+    full = tiny_onnx_target.export_onnx(tmp_path / "full.onnx", debug_info=True)
+    lean_p, full_p = onnx.load(str(lean)), onnx.load(str(full))
+
+    def keys(m: onnx.ModelProto) -> set[str]:
+        return {p.key for n in m.graph.node for p in n.metadata_props}
+
+    assert full_p.graph.value_info and not lean_p.graph.value_info
+    assert "pkg.torch.onnx.stack_trace" in keys(full_p) and not keys(lean_p)
+    assert lean.stat().st_size < full.stat().st_size
+    assert [(n.op_type, list(n.input)) for n in lean_p.graph.node] == [
+        (n.op_type, list(n.input)) for n in full_p.graph.node
+    ]
+    feed = {lean_p.graph.input[0].name: x.numpy()}
+    np.testing.assert_array_equal(ort_run(lean_p, feed)[0], ort_run(full_p, feed)[0])
+
+
+def test_strip_debug_info_keeps_cacc_marks_and_visits_subgraphs():
+    from onnx import TensorProto, helper
+
+    from backends.onnx import strip_debug_info
+
+    def branch(name: str) -> onnx.GraphProto:
+        node = helper.make_node("Identity", ["x"], [f"{name}_out"], name=f"{name}_id")
+        helper.set_metadata_props(node, {"pkg.torch.onnx.stack_trace": "file.py:1"})
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [2])
+        g = helper.make_graph([node], name, [], [out])
+        g.value_info.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]))
+        return g
+
+    cast = helper.make_node("Cast", ["x"], ["c"], name="cast", to=TensorProto.FLOAT, doc_string="why")
+    helper.set_metadata_props(cast, {"cacc.storage": "float16", "namespace": "m.cast"})
+    cond = helper.make_node("If", ["b"], ["y"], name="if", then_branch=branch("then"), else_branch=branch("else"))
+
+    def info(name: str, dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, dtype, [2] if dtype == TensorProto.FLOAT else [])
+
+    graph = helper.make_graph(
+        [cast, cond], "g", [info("x"), info("b", TensorProto.BOOL)], [info("y"), info("c")], value_info=[info("c")]
+    )
+    proto = helper.make_model(graph)
+    strip_debug_info(proto)
+    assert not proto.graph.value_info and not proto.graph.node[0].doc_string
+    assert {p.key: p.value for p in proto.graph.node[0].metadata_props} == {"cacc.storage": "float16"}
+    for attr in proto.graph.node[1].attribute:
+        assert not attr.g.value_info and not attr.g.node[0].metadata_props, attr.name
+    assert [o.name for o in proto.graph.output] == ["y", "c"]  # graph inputs / outputs keep their types
+    onnx.checker.check_model(proto, full_check=True)
+
+
 def test_save_load_round_trip(tmp_path, tiny, tiny_onnx_target):
     _net, x = tiny
     path = tiny_onnx_target.save(tmp_path / "tiny.cacc")

@@ -27,6 +27,9 @@ def test_compile_save_inspect_export(tmp_path, capsys):
     exported = tmp_path / "mlp.opt.onnx"
     assert main(["export-onnx", str(src), "-o", str(exported)]) == 0
     onnx.checker.check_model(onnx.load(str(exported)), full_check=True)
+    assert not onnx.load(str(exported)).graph.value_info  # intermediate shapes left out unless asked
+    assert main(["export-onnx", str(src), "-o", str(exported), "--debug-info"]) == 0
+    assert onnx.load(str(exported)).graph.value_info
 
 
 def test_passes_lists_registry(capsys):
