@@ -17,6 +17,10 @@ def _bits(b: int | None) -> str:
     return "fp32" if b is None else str(b)
 
 
+def _weight_bits(r: LayerRecord) -> str:
+    return "fp16" if r.weight_bits is None and r.weight_storage == "float16" else _bits(r.weight_bits)
+
+
 def _layer_table(layers: list[LayerRecord]) -> list[str]:
     """Per-layer compression table: bits, size and (when diagnosed) each layer's error contribution."""
     name_w = min(max(len(r.node) for r in layers), 48)
@@ -29,7 +33,7 @@ def _layer_table(layers: list[LayerRecord]) -> list[str]:
         name = r.node if len(r.node) <= name_w else "..." + r.node[-(name_w - 3) :]
         size = f"{r.bytes_before / 1e3:.0f}->{r.bytes_after / 1e3:.0f} KB"
         line = (
-            f"    {name.ljust(name_w)}  {r.op_type:<10} {r.action:<{act_w}} {_bits(r.weight_bits):>6} "
+            f"    {name.ljust(name_w)}  {r.op_type:<10} {r.action:<{act_w}} {_weight_bits(r):>6} "
             f"{_bits(r.activation_bits):>6}  {size:>17}"
         )
         if has_error:

@@ -46,6 +46,8 @@ class LayerRecord:
     bytes_after: int = 0  #: weight bytes after (quantized data + scales + zero points)
     error: float | None = None  #: output error when only this layer is compressed (diagnosis), if measured
     note: str = ""  #: why a layer was kept in float, outliers kept, etc.
+    #: how float weights (``weight_bits`` None) are stored: "" (float32) or "float16" (``compact_storage``)
+    weight_storage: str = ""
 
 
 @dataclass

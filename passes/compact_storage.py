@@ -22,9 +22,11 @@ Opt-in (``float_weights``), for the layers a quantizer left in float with float3
 the accuracy guard or the cost model): their weights, and their biases, as float16 under the same bound as the
 scales (2^-11 of the tensor's largest magnitude; a normal float16 value moves by at most 2^-11 of itself), some
 twenty times below an 8-bit rounding, for half the bytes. Off by default: a layer kept "fp32" keeps its exact
-weights unless the user asks for this. Their layer records count the saved bytes and say so in their note.
+weights unless the user asks for this. Their layer records count the saved bytes and say so
+(``LayerRecord.weight_storage``; the report's weight bits read ``fp16``).
 
-Tensors of fewer than :data:`MIN_ELEMENTS` values and initializers with any other reader are left alone.
+Tensors of fewer than :data:`MIN_ELEMENTS` values, initializers with any other reader and initializers that are
+graph inputs or outputs are left alone.
 The compression pipelines run this pass last (:func:`passes.manager.expand_pipeline`); options ``scales``
 and ``biases`` (both on) turn either part off. Like the quantizers, it is exempt from debug mode's numerics
 check (see :attr:`CompactStoragePass.numerics_tolerance`).
@@ -54,8 +56,6 @@ SMALLEST_SUBNORMAL = 2.0**-24
 _BIAS_LAYERS = {("", "Conv"), ("", "Gemm"), (CACC_DOMAIN, "FusedConv"), (CACC_DOMAIN, "FusedMatMul")}
 #: (domain, op type) of the float layers whose constant weight (input 1) ``float_weights`` stores as float16.
 _WEIGHT_LAYERS = _BIAS_LAYERS | {("", "MatMul")}
-#: The note a float16-stored layer's record gets.
-FLOAT16_NOTE = "weights stored as float16"
 
 
 @dataclass
@@ -153,7 +153,9 @@ class CompactStoragePass(Pass):
         changed = False
         for value in list(graph.initializers.values()):
             arr = constant(value)
-            if arr is None or arr.dtype != np.float32 or arr.size < MIN_ELEMENTS or value.is_graph_output():
+            if arr is None or arr.dtype != np.float32 or arr.size < MIN_ELEMENTS:
+                continue
+            if value.is_graph_output() or value.is_graph_input():  # part of the interface: left as it is
                 continue
             uses = list(value.uses())
             if not uses:
@@ -178,7 +180,7 @@ class CompactStoragePass(Pass):
         for record in self.context.layers:
             record.bytes_after -= saved_by_node.pop(record.node, 0)
             if record.node in half_weights:
-                record.note = f"{record.note}; {FLOAT16_NOTE}" if record.note else FLOAT16_NOTE
+                record.weight_storage = "float16"
         return ir.passes.PassResult(model, modified=changed)
 
     @staticmethod

@@ -20,7 +20,6 @@ from compiler.ir import infer_shapes, run
 from compiler.ir.printer import parameter_count
 from passes._utils import Namer, add_initializer, constant, storage_cast, storage_source
 from passes.compact_storage import (
-    FLOAT16_NOTE,
     MAX_SCALE_CHANGE,
     MIN_ELEMENTS,
     CompactStoragePass,
@@ -336,7 +335,8 @@ def test_float_weights_store_kept_layers_half_within_the_bound() -> None:
     record = {r.node: r for r in half.report.layers}["conv2"]
     exact_record = {r.node: r for r in exact.report.layers}["conv2"]
     assert record.weight_bits is None and record.bytes_after == exact_record.bytes_after - w.nbytes // 2
-    assert FLOAT16_NOTE in record.note and FLOAT16_NOTE not in exact_record.note
+    assert record.weight_storage == "float16" and exact_record.weight_storage == ""
+    assert any(line.split()[:1] == ["conv2"] and " fp16 " in line for line in str(half.report).splitlines())
     assert parameter_count(exact.ir)[1] - parameter_count(half.ir)[1] == (w.nbytes + b.nbytes) // 2
     for (x,) in _samples(3, seed=13):  # TVM folds the casts into its packed float weights
         ref = run(half.ir, {"x": x})["y"]
@@ -355,6 +355,27 @@ def test_float_weights_export_runs_in_ort_like_the_reference() -> None:
     step = _largest_activation_step(cm.ir)
     for (x,) in _samples(3, seed=17):
         assert np.max(np.abs(sess.run(None, {"x": x})[0] - run(cm.ir, {"x": x})["y"])) <= 1.5 * step
+
+
+def test_float_weights_leave_initializers_that_are_graph_inputs() -> None:
+    """An initializer listed as a graph input is a default the caller may override: never replaced."""
+    from passes.base import PassContext
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    w = np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)
+    for listed in (False, True):
+        model = to_ir(make_model(nodes, [tensor("x", [2, 32])], [tensor("y", [2, 16])], [("w", w)]))
+        weight = model.graph.initializers["w"]
+        if listed:
+            model.graph.inputs.append(weight)
+        context = PassContext(options={"compact_storage": {"float_weights": True}})
+        assert CompactStoragePass(context)(model).modified is not listed
+        read = next(n for n in model.graph if n.op_type == "MatMul").inputs[1]
+        src = storage_source(read)
+        if listed:
+            assert read is weight and src is None
+        else:
+            assert src is not None and src.dtype == ir.DataType.FLOAT16
 
 
 def test_option_errors_name_the_pass() -> None:
