@@ -226,6 +226,7 @@ def compile(
         op_counts=dict(op_histogram(model_ir)),
         passes=list(pipeline.records),
         layers=list(pipeline.layers),
+        findings=list(pipeline.findings),
         max_abs_error=_max_abs_error(reference, outputs),
         error_reference=error_reference,
         num_threads=config.num_threads,

@@ -79,6 +79,7 @@ class Report:
     op_counts: dict[str, int] = field(default_factory=dict)
     passes: list[PassRecord] = field(default_factory=list)
     layers: list[LayerRecord] = field(default_factory=list)  #: compression decisions per layer
+    findings: list[str] = field(default_factory=list)  #: the passes' model-level findings (e.g. a diagnosis)
     max_abs_error: float | None = None
     error_reference: str = ""  #: what ``max_abs_error`` was measured against
     latency_ms: float | None = None
@@ -140,6 +141,9 @@ class Report:
                 lines.append(line)
         if self.layers:
             lines += _layer_table(self.layers)
+        if self.findings:
+            lines.append("  findings:")
+            lines += [f"    {finding}" for finding in self.findings]
         if self.op_counts:
             ops = ", ".join(f"{k} {v}" for k, v in sorted(self.op_counts.items(), key=lambda kv: -kv[1]))
             lines.append(f"  ops: {ops}")

@@ -62,6 +62,8 @@ class PassContext:
     calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
     target: str | None = None
     layers: list[LayerRecord] = field(default_factory=list)
+    #: model-level findings passes report, one line each (e.g. a quantizer's diagnosis of where its error comes from)
+    findings: list[str] = field(default_factory=list)
 
 
 class Pass(ir.passes.InPlacePass):

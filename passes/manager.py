@@ -39,6 +39,7 @@ class PipelineResult:
     model: ir.Model
     records: list[PassRecord] = field(default_factory=list)
     layers: list[LayerRecord] = field(default_factory=list)  #: compression decisions per layer
+    findings: list[str] = field(default_factory=list)  #: the passes' model-level findings
 
     @property
     def applied(self) -> list[str]:
@@ -171,6 +172,7 @@ class PassManager:
                     previous = self._check_numerics(p, model, self.reference_inputs or {}, reference, previous, record)
         result.model = model
         result.layers = list(self.context.layers)
+        result.findings = list(self.context.findings)
         return result
 
     @staticmethod

@@ -584,6 +584,13 @@ class QuantizeInt8Pass(Pass):
         def weight_only_one(m: ir.Model, layer: QuantLayer) -> None:
             _weight_only(m, layer, weight_codes(layer), self.name, "", gptq=layer.name in hessians)
 
+        def weights_alone_one(m: ir.Model, layer: QuantLayer) -> None:  # quantize_one's weights, float compute
+            if weights is not None and layer.name in weights:
+                codes = weights[layer.name]
+            else:
+                codes = quantize_weight(layer.weight_array(), layer.out_axis, layer.reduce_axis, bits[layer.name])
+            _weight_only(m, layer, codes, self.name, "", gptq=weights is not None)
+
         # float compute with int8 weights: per-layer overrides, and (kept_weights="int8") the cost check's layers
         plan = plan_quantization(
             model,
@@ -600,6 +607,7 @@ class QuantizeInt8Pass(Pass):
             weight_only=[(la, WEIGHT_ONLY_OVERRIDE_NOTE) for la in override_wo],
             cost_kept_weight_only=opts.kept_weights == "int8",
             guard_scope=opts.guard_scope,
+            weights_alone_one=weights_alone_one,
         )
         moved = _requantize_for_ort(plan, opts) if target == "onnx" and opts.quantize_outputs else set()
         overridden = {la.name for la in override_wo}
@@ -631,6 +639,8 @@ class QuantizeInt8Pass(Pass):
         if opts.embeddings:
             records += quantize_embeddings(model, opts, self.name)
         self.context.layers.extend(sorted(kept + records, key=lambda r: order.get(r.node, len(order))))
+        if plan.summary():
+            self.context.findings.append(f"{self.name}: {plan.summary()}")
         return ir.passes.PassResult(model, any(r.weight_bits is not None for r in records))
 
 

@@ -269,6 +269,71 @@ def test_guard_scope_weight_only_keeps_only_weight_only_layers() -> None:
         plan_quantization(model, layers, rtn(8), feeds, tolerance=tolerance, guard_scope="int8", **kw)
 
 
+def test_plan_measures_the_whole_model_and_its_weights_alone() -> None:
+    """Diagnosing measures the model with every candidate rewritten (weight-only ones by weight_only_one) and with
+    only the weights rounded (weights_alone_one for the layers to be quantized); the guard's full error is the
+    same measurement."""
+    model, feeds = _cost_model()
+    layers = find_layers(model)
+    kw = {"target": "x86", "weight_only_one": rtn(2), "cost_kept_weight_only": True, "samples": 2}
+    plain = plan_quantization(model, layers, rtn(8), feeds, **kw)
+    assert plain.full_error is None and plain.weights_error is None and plain.summary() == ""
+    plan = plan_quantization(model, layers, rtn(8), feeds, diagnose=True, weights_alone_one=rtn(4), **kw)
+
+    def by_name(rewrites: dict[str, Callable]) -> Callable[[ir.Model, QuantLayer], None]:
+        return lambda m, layer: rewrites[layer.name](m, layer)
+
+    ref = FloatReference(model, feeds[:2])
+    full = ref.error(quantized_copy(model, layers, by_name({"dw": rtn(2), "pw": rtn(8), "pw2": rtn(8)})))
+    alone = ref.error(quantized_copy(model, layers, by_name({"dw": rtn(2), "pw": rtn(4), "pw2": rtn(4)})))
+    assert plan.full_error == pytest.approx(full, rel=1e-9) and plan.weights_error == pytest.approx(alone, rel=1e-9)
+    assert abs(full - alone) > 1e-3  # the two rewrites differ on pw / pw2, so the routing is checked
+    assert plan.summary() == (
+        f"output error {full:.3g} with every candidate layer rewritten as planned, "
+        f"{alone:.3g} with their weights alone (activations in float)"
+    )
+    guarded = plan_quantization(model, layers, rtn(8), feeds, tolerance=2 * plan.errors["pw"], **kw)
+    assert guarded.guard is not None and guarded.full_error == guarded.guard.full_error == pytest.approx(full)
+    assert guarded.weights_error is None  # no weights_alone_one given
+    assert guarded.summary().endswith(f", {guarded.guard.error:.3g} after the accuracy guard")
+
+
+def test_quantize_int8_diagnosis_splits_weights_from_activations_in_the_report(tmp_path) -> None:
+    """End to end, against two compiled models on the diagnosis samples: the full error is the quantized model's
+    (every layer integer, nothing kept), the weights-alone error that of the model with every layer an int8
+    weight-only layer (the same 8-bit round-to-nearest codes)."""
+    import compiler
+    from tests.helpers import mlp_proto
+
+    proto = mlp_proto()
+    rng = np.random.default_rng(5)
+    name = proto.graph.input[0].name
+    shape = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    samples = [(rng.standard_normal(shape).astype(np.float32),) for _ in range(8)]
+    base = {"cost_check": False, "reduce_range": False}
+
+    def build(**options: object) -> compiler.CompiledModel:
+        return compiler.compile(
+            proto, target="onnx", passes=["quantize_int8"], calibration=samples, measure=False,
+            pass_options={"quantize_int8": {**base, **options}, "compact_storage": {"scales": False, "biases": False}},
+        )  # fmt: skip
+
+    diagnosed, weights_only = build(diagnose=True), build(layers={"*": "weight_only"})
+    (finding,) = diagnosed.report.findings
+    assert finding.startswith("quantize_int8: output error") and "with their weights alone" in finding
+    assert "findings:" in str(diagnosed.report) and finding in str(diagnosed.report)
+    assert compiler.load(diagnosed.save(tmp_path / "m.cacc")).report.findings == [finding]
+    feeds = [{name: x} for (x,) in samples[: diagnosis.DIAGNOSIS_SAMPLES]]
+    reference = [run(to_ir(proto), f) for f in feeds]
+    full = relative_error(reference, [run(diagnosed.ir, f) for f in feeds])
+    alone = relative_error(reference, [run(weights_only.ir, f) for f in feeds])
+    assert 0 < alone < full
+    assert finding == (
+        f"quantize_int8: output error {full:.3g} with every candidate layer rewritten as planned, "
+        f"{alone:.3g} with their weights alone (activations in float)"
+    )
+
+
 def test_report_summarizes_guard_cost_model_and_diagnosis() -> None:
     from compiler.cost import LayerShape, integer_kernel_pays_off
     from compiler.report import Report

@@ -304,6 +304,21 @@ class QuantPlan:
     errors: dict[str, float] = field(default_factory=dict)
     guard: GuardResult | None = None
     weight_only: list[tuple[QuantLayer, str]] = field(default_factory=list)  #: (layer, note)
+    #: output error with every candidate layer (quantized or weight-only) rewritten as planned, before the guard
+    full_error: float | None = None
+    #: the same with only the candidates' weights rounded (all of them weight-only: activations in float)
+    weights_error: float | None = None
+
+    def summary(self) -> str:
+        """One line on where the diagnosed error comes from ("" when not diagnosed)."""
+        if self.full_error is None:
+            return ""
+        line = f"output error {self.full_error:.3g} with every candidate layer rewritten as planned"
+        if self.weights_error is not None:
+            line += f", {self.weights_error:.3g} with their weights alone (activations in float)"
+        if self.guard is not None:
+            line += f", {self.guard.error:.3g} after the accuracy guard"
+        return line
 
 
 def plan_quantization(
@@ -323,6 +338,7 @@ def plan_quantization(
     weight_only: Sequence[tuple[QuantLayer, str]] = (),
     cost_kept_weight_only: bool = False,
     guard_scope: str = "all",
+    weights_alone_one: QuantizeOne | None = None,
 ) -> QuantPlan:
     """The decisions a quantization pass takes before rewriting: (1) with ``cost_check``, layers whose
     integer kernel is not estimated faster on ``target`` stay in float
@@ -332,7 +348,10 @@ def plan_quantization(
     weight-only one (those and the given ``weight_only`` layers, with their record notes); (3) with a
     ``tolerance``, :func:`accuracy_guard` keeps the worst layers, quantized or weight-only, in fp32; with
     ``guard_scope="weight_only"`` only weight-only layers (float compute either way: fp32 weights cost bytes, not
-    speed). ``model`` is not changed."""
+    speed). Diagnosing also measures the model with every candidate rewritten (``QuantPlan.full_error``) and, given
+    ``weights_alone_one`` (rewrites a layer to be quantized with its weights rounded as ``quantize_one`` rounds them
+    but float compute), with only the candidates' weights rounded (``QuantPlan.weights_error``).
+    ``model`` is not changed."""
     from compiler.cost import integer_kernel_pays_off
 
     if (weight_only or cost_kept_weight_only) and weight_only_one is None:
@@ -377,6 +396,13 @@ def plan_quantization(
 
     errors = layer_errors(model, candidates, rewrite_one, feeds, reference=ref)
     plan.errors = {layer.name: e for layer, e in zip(candidates, errors)}
+    if weights_alone_one is not None:  # how much of the error the weights alone make
+        alone: QuantizeOne = weights_alone_one
+
+        def weights_only(m: ir.Model, layer: QuantLayer) -> None:
+            (rewrite_one if layer.name in weight_only_names else alone)(m, layer)
+
+        plan.weights_error = ref.error(quantized_copy(model, candidates, weights_only))
     if tolerance is not None:
         eligible = weight_only_names if guard_scope == "weight_only" else None
         plan.guard = accuracy_guard(
@@ -386,4 +412,7 @@ def plan_quantization(
         plan.quantize = [layer for layer in plan.quantize if layer.name not in guarded]
         plan.weight_only = [(layer, note) for layer, note in plan.weight_only if layer.name not in guarded]
         plan.kept += [(layer, plan.guard.note) for layer in plan.guard.kept]
+        plan.full_error = plan.guard.full_error
+    else:
+        plan.full_error = ref.error(quantized_copy(model, candidates, rewrite_one))
     return plan
