@@ -105,13 +105,16 @@ def test_efficientnet_loads_and_agrees_with_itself(effnet: models.ModelSpec) -> 
     assert len(efficientnet_lite0.eval_crops()) >= 200
     predict = models.torch_predict(effnet.module)
     same = effnet.evaluate(predict, limit=24)
-    assert same == {"top1_agreement": 1.0, "top5_overlap": 1.0, "n": 24.0}
+    assert same == {"top1_agreement": 1.0, "top5_overlap": 1.0, "logit_err": pytest.approx(0.0, abs=1e-6), "n": 24.0}
+    scaled = effnet.evaluate(lambda x: predict(x) * 1.1, limit=4)  # same classes, logits 10% off
+    assert scaled["top1_agreement"] == 1.0 and scaled["logit_err"] == pytest.approx(0.1, rel=1e-5)
     # onnxruntime-style predict (list of outputs) is accepted too.
     assert effnet.evaluate(lambda x: [predict(x)], limit=4)["top1_agreement"] == 1.0
     rng = np.random.default_rng(0)
     noise = effnet.evaluate(lambda x: rng.standard_normal((1, 1000)).astype(np.float32), limit=24)
     assert noise["top1_agreement"] < 0.2
     assert noise["top5_overlap"] < 0.2
+    assert noise["logit_err"] > 0.5
 
 
 def test_efficientnet_crops_are_deterministic_and_varied() -> None:

@@ -525,8 +525,10 @@ def _fmt_latency(row: Row) -> str:
 
 
 def _fmt_metric(metric: dict[str, float]) -> str:
-    # fidelity to fp32 (MiniLM's cos_fp32) is close to 1: four decimals resolve int4 RTN vs GPTQ
-    return " ".join(f"{k}={v:.4f}" if k.startswith("cos") else f"{k}={v:.3f}" for k, v in metric.items() if k != "n")
+    # fidelity to fp32 (MiniLM's cos_fp32, EfficientNet's logit_err) needs four decimals: int4 RTN vs GPTQ, or
+    # int8 variants whose agreement moves by a crop
+    precise = ("cos", "logit_err")
+    return " ".join(f"{k}={v:.4f}" if k.startswith(precise) else f"{k}={v:.3f}" for k, v in metric.items() if k != "n")
 
 
 def format_table(rows: Sequence[Row]) -> str:
