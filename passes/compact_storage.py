@@ -41,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 
 from compiler.ir.ops.registry import CACC_DOMAIN
-from passes._utils import Namer, add_initializer, constant, is_onnx_op, storage_cast
+from passes._utils import ONNX_DOMAINS, Namer, add_initializer, constant, is_constant, is_onnx_op, storage_cast
 from passes.base import Pass, register_pass
 
 #: Smaller tensors stay float32: a cast node is not worth saving a few bytes.
@@ -85,7 +85,7 @@ def _weight_dequantize(value: ir.Value | None) -> ir.Node | None:
 
 
 def _op(node: ir.Node) -> tuple[str, str]:
-    return ("" if node.domain == "ai.onnx" else node.domain, node.op_type)
+    return ("" if node.domain in ONNX_DOMAINS else node.domain, node.op_type)
 
 
 def _is_scale_site(node: ir.Node, index: int) -> bool:
@@ -95,7 +95,7 @@ def _is_scale_site(node: ir.Node, index: int) -> bool:
 def _is_float_weight(value: ir.Value | None) -> bool:
     """Whether ``value`` is a float layer's constant float32 weight (an initializer, or one already stored as
     float16 behind a storage cast), not a dequantized one."""
-    return value is not None and value.dtype == ir.DataType.FLOAT and constant(value) is not None
+    return value is not None and value.dtype == ir.DataType.FLOAT and is_constant(value)
 
 
 def _is_bias_site(node: ir.Node, index: int, quantized: bool, float_weights: bool) -> bool:

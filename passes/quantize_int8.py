@@ -430,11 +430,7 @@ def quantize_layers(
         if settings is None:
             records.append(_kept(layer, pass_name, before, "kept fp32 by a per-layer override"))
             continue
-        bits = settings.weight_bits
-        if weights is not None and layer.name in weights:
-            q, params = weights[layer.name]
-        else:
-            q, params = quantize_weight(layer.weight_array(), layer.out_axis, layer.reduce_axis, bits, symmetric=True)
+        q, params = _layer_codes(layer, settings.weight_bits, weights)
         dq = quantize_weight_in_place(graph, layer, q, replace(params, bits=8), namer=namer)
         after = sum(weight_bytes(v) for v in dq.inputs)
         sym = "s8" if settings.symmetric else "u8"
@@ -510,6 +506,16 @@ def _all_layers(model: ir.Model, opts: Int8Options) -> list[QuantLayer]:
     return [la for la in find_layers(model, opts.op_types) if not matches_any(la.name, opts.skip)]
 
 
+def _layer_codes(
+    layer: QuantLayer, bits: int, weights: Mapping[str, tuple[np.ndarray, QuantParams]] | None
+) -> tuple[np.ndarray, QuantParams]:
+    """The weight codes :func:`quantize_layers` stores for ``layer``: the precomputed (GPTQ) ones in ``weights``,
+    else symmetric round-to-nearest at ``bits``."""
+    if weights is not None and layer.name in weights:
+        return weights[layer.name]
+    return quantize_weight(layer.weight_array(), layer.out_axis, layer.reduce_axis, bits, symmetric=True)
+
+
 def _weight_only(
     model: ir.Model, layer: QuantLayer, codes: tuple[np.ndarray, QuantParams], pass_name: str, note: str, *, gptq: bool
 ) -> LayerRecord:
@@ -577,18 +583,14 @@ class QuantizeInt8Pass(Pass):
                     else:
                         codes[layer.name] = gptq_weight(layer, hessians[layer.name], 8, damp=opts.gptq_damp)
                 else:
-                    w = layer.weight_array()
-                    codes[layer.name] = quantize_weight(w, layer.out_axis, layer.reduce_axis, 8, symmetric=True)
+                    codes[layer.name] = _layer_codes(layer, 8, None)
             return codes[layer.name]
 
         def weight_only_one(m: ir.Model, layer: QuantLayer) -> None:
             _weight_only(m, layer, weight_codes(layer), self.name, "", gptq=layer.name in hessians)
 
         def weights_alone_one(m: ir.Model, layer: QuantLayer) -> None:  # quantize_one's weights, float compute
-            if weights is not None and layer.name in weights:
-                codes = weights[layer.name]
-            else:
-                codes = quantize_weight(layer.weight_array(), layer.out_axis, layer.reduce_axis, bits[layer.name])
+            codes = _layer_codes(layer, bits[layer.name], weights)
             _weight_only(m, layer, codes, self.name, "", gptq=weights is not None)
 
         # float compute with int8 weights: per-layer overrides, and (kept_weights="int8") the cost check's layers

@@ -63,7 +63,7 @@ QUANT_RECIPES: dict[str, dict[str, tuple[list[str], dict[str, dict[str, Any]]]]]
         "default": (["quantize_int8"], {}),
         # BN-folded depthwise / stem convs nearly cancel: round their weights with GPTQ and correct the biases;
         # the layers left with float32 weights store them as float16 (x86: the 8 the accuracy guard keeps, 3.92x
-        # -> 3.95x; onnx: the 5 the cost check keeps, file 4.815 -> 4.799 MB)
+        # -> 3.94x smaller than cacc's fp32 parameters; onnx: the 5 the cost check keeps, file 4.815 -> 4.799 MB)
         "efficientnet_lite0": (
             ["quantize_int8"],
             {
@@ -103,7 +103,7 @@ TARGET_OPTIONS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
     # bytes, not speed): at 0.027 on its 4 samples it keeps 8 (the stem conv, the first three depthwise convs,
     # the 32->16, 16->96, 96->24 and 24->144 1x1 convs; 33 KB more than int8). Over all 224 crops the
     # mean relative logit error goes 0.0321 -> 0.0286 and agreement 0.973 -> 0.982, at 3.92x instead of 3.94x
-    # (float16 scales and biases, compact_storage). Those 8 layers store float16 weights (float_weights): 3.95x;
+    # (float16 scales and biases, compact_storage). Those 8 layers store float16 weights (float_weights): 3.94x;
     # equivalent builds (float16 or float32 kept weights or biases) measured 0.0286-0.0297 and 0.973-0.987,
     # each a new draw of the activations' rounding noise.
     ("int8", "efficientnet_lite0", "x86"): {
