@@ -23,6 +23,7 @@ from compiler.ir.shapes import infer_shapes
 from compiler.report import Report
 from passes.base import PassContext
 from passes.manager import PassManager, expand_pipeline
+from passes.quant.diagnosis import relative_error
 
 
 def _model_name(model: Any) -> str:
@@ -104,7 +105,10 @@ def _torch_reference(module: Any, example_inputs: Any) -> list[np.ndarray]:
     return [t.detach().cpu().numpy() for t in leaves if isinstance(t, torch.Tensor)]
 
 
-def _max_abs_error(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
+def _output_errors(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> tuple[float, float | None]:
+    """``(max abs error, relative error)`` of the compiled outputs ``got`` against ``ref``; the relative error is
+    the largest, over the float outputs, of ``||got - ref|| / ||ref||`` (as the quantizers' diagnosis measures
+    it, :func:`passes.quant.diagnosis.relative_error`), None without float outputs."""
     if len(ref) != len(got):
         raise CompilerError(f"compiled model has {len(got)} outputs, the original {len(ref)}")
     err = 0.0
@@ -113,7 +117,10 @@ def _max_abs_error(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> floa
             raise CompilerError(f"compiled output shape {list(g.shape)} differs from the original {list(r.shape)}")
         if r.size:
             err = max(err, float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))))
-    return err
+    if not any(r.dtype.kind == "f" for r in ref):
+        return err, None
+    by_index = [{str(i): r for i, r in enumerate(ref)}], [{str(i): g for i, g in enumerate(got)}]
+    return err, relative_error(*by_index)
 
 
 def build_for_target(model: ir.Model, config: CompileConfig) -> tuple[Executable, float]:
@@ -213,6 +220,7 @@ def compile(
     model_ir = infer_shapes(pipeline.model)  # backends need every value typed; rewrites may leave new values bare
     executable, build_seconds = build_for_target(model_ir, config)
     outputs = executable.run(feeds)
+    errors = _output_errors(reference, outputs)
 
     report = Report(
         model=name or _model_name(module),
@@ -227,7 +235,8 @@ def compile(
         passes=list(pipeline.records),
         layers=list(pipeline.layers),
         findings=list(pipeline.findings),
-        max_abs_error=_max_abs_error(reference, outputs),
+        max_abs_error=errors[0],
+        relative_error=errors[1],
         error_reference=error_reference,
         num_threads=config.num_threads,
         build_seconds=build_seconds,

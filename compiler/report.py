@@ -81,7 +81,9 @@ class Report:
     layers: list[LayerRecord] = field(default_factory=list)  #: compression decisions per layer
     findings: list[str] = field(default_factory=list)  #: the passes' model-level findings (e.g. a diagnosis)
     max_abs_error: float | None = None
-    error_reference: str = ""  #: what ``max_abs_error`` was measured against
+    #: ``||y - y_ref|| / ||y_ref||`` on the example inputs (largest over the float outputs)
+    relative_error: float | None = None
+    error_reference: str = ""  #: what the errors were measured against
     latency_ms: float | None = None
     ort_latency_ms: float | None = None
     num_threads: int | None = None
@@ -113,7 +115,8 @@ class Report:
             ("nodes", f"{self.nodes_before} -> {self.nodes_after}"),
         ]
         if self.max_abs_error is not None:
-            rows.append(("max abs error", f"{self.max_abs_error:.3g} vs {self.error_reference}"))
+            relative = "" if self.relative_error is None else f", relative {self.relative_error:.3g}"
+            rows.append(("max abs error", f"{self.max_abs_error:.3g}{relative} vs {self.error_reference}"))
         if self.latency_ms is not None:
             threads = f", {self.num_threads} threads" if self.num_threads else ""
             latency = f"{self.latency_ms:.2f} ms{threads}"

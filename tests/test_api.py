@@ -52,6 +52,7 @@ def test_compile_torch_matches_torch(tiny, tiny_onnx_target):
     assert isinstance(out, torch.Tensor)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5)
     assert cm.report.max_abs_error is not None and cm.report.max_abs_error < 1e-4
+    assert cm.report.relative_error is not None and cm.report.relative_error < 1e-5
     assert cm.report.error_reference == "torch fp32"
 
 
@@ -70,6 +71,21 @@ def test_report_lists_passes_and_prints_a_table(tiny_onnx_target):
     for name in compiler.DEFAULT_PASSES:
         assert name in text
     json.dumps(report.to_dict())  # JSON-ready
+
+
+def test_report_gives_the_relative_output_error(tiny):
+    """The report's relative error is ||y - y_ref|| / ||y_ref|| on the example inputs (here a ternary model, far
+    from fp32), printed beside the max abs error."""
+    net, x = tiny
+    cm = compiler.compile(net, (x,), target="reference", passes=["quantize_ternary"], measure=False)
+    assert any(r.weight_bits == 2 for r in cm.report.layers), cm.report.layers
+    expected = net(x).detach().numpy().astype(np.float64)
+    got = np.asarray(cm(x.numpy()), np.float64)
+    relative = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    assert relative > 0.01  # the check below is not one of two zeros
+    assert cm.report.relative_error == pytest.approx(relative, rel=1e-5)
+    assert cm.report.max_abs_error == pytest.approx(np.abs(got - expected).max(), rel=1e-5)
+    assert f"relative {relative:.3g} vs torch fp32" in str(cm.report)
 
 
 def test_reference_target_and_debug_mode(tiny):
