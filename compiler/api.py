@@ -220,7 +220,7 @@ def compile(
     model_ir = infer_shapes(pipeline.model)  # backends need every value typed; rewrites may leave new values bare
     executable, build_seconds = build_for_target(model_ir, config)
     outputs = executable.run(feeds)
-    errors = _output_errors(reference, outputs)
+    max_abs, relative = _output_errors(reference, outputs)
 
     report = Report(
         model=name or _model_name(module),
@@ -235,8 +235,8 @@ def compile(
         passes=list(pipeline.records),
         layers=list(pipeline.layers),
         findings=list(pipeline.findings),
-        max_abs_error=errors[0],
-        relative_error=errors[1],
+        max_abs_error=max_abs,
+        relative_error=relative,
         error_reference=error_reference,
         num_threads=config.num_threads,
         build_seconds=build_seconds,
