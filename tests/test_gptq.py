@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from passes.quant import find_layers
-from passes.quant.gptq import gptq, rtn, select_outliers
+from passes.quant.gptq import gptq, gptq_grouped, rtn, select_outliers
 from passes.quant.hessian import collect_hessians, token_mask_input
 from tests.helpers import make_model, tensor, to_ir
 
@@ -70,6 +70,25 @@ def test_gptq_with_identity_hessian_is_rtn() -> None:
     np.testing.assert_array_equal(a.q, b.q)
     np.testing.assert_array_equal(a.zero_point, b.zero_point)
     np.testing.assert_allclose(a.scale, b.scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("groups", "per", "k", "bits"), [(96, 1, 9, 8), (24, 1, 25, 7), (6, 3, 18, 4), (3, 2, 140, 8)])
+def test_grouped_gptq_is_the_per_group_gptq(groups: int, per: int, k: int, bits: int) -> None:
+    """A grouped conv's GPTQ in one pass over the columns gives the codes, scales and dequantized weights of one
+    GPTQ call per group, bit for bit: with an input no sample reaches in every group, a group no sample reaches at
+    all, and K past the lazy block (the per-group fallback)."""
+    rng = np.random.default_rng(groups * k)
+    w = (rng.standard_normal((groups * per, k)) * 3).astype(np.float32)
+    x = rng.standard_normal((groups, 200, k)) * rng.uniform(0.1, 5.0, (groups, 1, k))
+    x[:, :, 0] = 0.0
+    h = 2.0 * np.einsum("gpk,gpl->gkl", x, x) / 200
+    h[1] = 0.0
+    got = gptq_grouped(w, h, bits, damp=0.01)
+    parts = [gptq(w[g * per : (g + 1) * per], h[g], bits, k, damp=0.01) for g in range(groups)]
+    np.testing.assert_array_equal(got.q, np.concatenate([p.q for p in parts]))
+    np.testing.assert_array_equal(got.scale, np.concatenate([p.scale for p in parts]))
+    np.testing.assert_array_equal(got.dequantized, np.concatenate([p.dequantized for p in parts]))
+    assert got.group_size == k and got.bits == bits and got.signed
 
 
 def test_outliers_are_exact_and_reduce_error() -> None:

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from compiler.errors import PassError
 from compiler.ir.interpreter import Interpreter
 from compiler.ir.ops.registry import attr
-from passes.quant.gptq import gptq
+from passes.quant.gptq import gptq, gptq_grouped
 from passes.quant.hessian import collect_hessians
 from passes.quant.layers import QuantLayer
 from passes.quant.scheme import QuantParams
@@ -115,10 +115,8 @@ def gptq_weight(
         group = hessian.shape[0]
         if rows.shape[0] % group or hessian.shape[1:] != (rows.shape[1], rows.shape[1]):
             raise PassError(f"Hessian shape {list(hessian.shape)} does not fit weight {list(w.shape)}", node=layer.name)
-        per = rows.shape[0] // group
-        parts = [gptq(rows[g * per : (g + 1) * per], hessian[g], bits, rows.shape[1], damp=damp) for g in range(group)]
-        q_rows = np.concatenate([p.q for p in parts])
-        scale = np.concatenate([p.scale[:, 0] for p in parts])
+        result = gptq_grouped(rows, hessian, bits, damp=damp)
+        q_rows, scale = result.q, result.scale[:, 0]
     else:
         if layer.reduce_axis == layer.out_axis or w.ndim != 2:
             raise PassError("GPTQ needs a 2-D MatMul / Gemm weight", node=layer.name)

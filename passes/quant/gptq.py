@@ -198,6 +198,54 @@ def gptq(
     return _finish(final[:, inv], q[:, inv], scale, zp, mask, bits, symmetric, group_size)
 
 
+def _prepared_inverse(hessian: np.ndarray, damp: float) -> np.ndarray:
+    """:func:`gptq`'s ``hinv`` for one Hessian without act-order: dead inputs given a unit diagonal, then the upper
+    Cholesky factor of the dampened inverse."""
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    return _inverse_cholesky(h, damp)
+
+
+def gptq_grouped(w: np.ndarray, hessians: np.ndarray, bits: int, *, damp: float = 0.01) -> GroupQuantized:
+    """:func:`gptq` of each of ``G`` equal row blocks of ``w [N, K]`` with its own Hessian ``hessians [G, K, K]``,
+    per row (one group of all ``K`` columns), symmetric, in input order: a grouped conv's weight, whose groups see
+    different inputs. Bit for bit the per-block calls, in one pass over the columns for all rows (a depthwise conv
+    has a block per channel, each a 9- or 25-column GPTQ that costs more in call overhead than in arithmetic).
+    Falls back to the per-block calls when ``K`` exceeds :func:`gptq`'s lazy block (128 columns)."""
+    _validate(w, bits, 1)
+    n, k = w.shape
+    groups = hessians.shape[0]
+    if hessians.shape != (groups, k, k) or n % groups:
+        raise ValueError(f"Hessians {list(hessians.shape)} do not fit {groups} row blocks of a weight {[n, k]}")
+    per = n // groups
+    if k > 128:
+        parts = [gptq(w[g * per : (g + 1) * per], hessians[g], bits, k, damp=damp) for g in range(groups)]
+        q = np.concatenate([p.q for p in parts])
+        scale = np.concatenate([p.scale for p in parts]).astype(np.float64)
+        zp = np.concatenate([p.zero_point for p in parts])
+        return _finish(w.astype(np.float64), q, scale, zp, np.zeros(w.shape, bool), bits, True, k)
+    hinv = np.stack([_prepared_inverse(h, damp) for h in hessians])
+    rows_hinv = np.repeat(hinv, per, axis=0)  # [N, K, K]: each row's group factor
+    qmin, qmax = qrange(bits, True)
+    w1 = w.astype(np.float64).copy()
+    mask = np.zeros(w.shape, bool)
+    scale, zp = _group_params(w1, mask, bits, True)
+    s = scale.astype(np.float32)
+    q = np.zeros((n, k), np.int64)
+    final = np.zeros((n, k))
+    for i in range(k):
+        wc = w1[:, i]
+        code = np.clip(np.rint(wc.astype(np.float32) / s + zp), qmin, qmax)
+        deq = (code - zp) * s
+        deq = np.where(mask[:, i], wc.astype(np.float16).astype(np.float64), deq)
+        q[:, i] = code.astype(np.int64)
+        final[:, i] = wc
+        e = (wc - deq) / rows_hinv[:, i, i]
+        w1[:, i:] -= e[:, None] * rows_hinv[:, i, i:]
+    return _finish(final, q, scale.reshape(n, 1), zp.reshape(n, 1), mask, bits, True, k)
+
+
 def select_outliers(
     w: np.ndarray,
     fraction: float,
