@@ -38,9 +38,9 @@ from compiler.ir.ops.registry import attr
 from compiler.ir.shapes import infer_shapes
 from passes._utils import Namer, add_initializer, constant, is_onnx_op, node_label, rank, take_over
 from passes.base import LayerRecord, Pass, register_pass
-from passes.quant.bias_correction import MIN_POSITIONS, bias_sites, correct_biases, float_channel_means
-from passes.quant.calibration import METHODS, TensorObserver, observe
-from passes.quant.conv_gptq import gptq_weight, layer_hessians
+from passes.quant.bias_correction import MIN_POSITIONS, ChannelMeans, bias_sites, correct_biases
+from passes.quant.calibration import METHODS, Observation, TensorObserver, observe
+from passes.quant.conv_gptq import LayerHessians, gptq_weight
 from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, GUARD_SCOPES, QuantPlan, plan_quantization
 from passes.quant.layers import (
     QUANTIZABLE_OPS,
@@ -52,6 +52,7 @@ from passes.quant.layers import (
     quantize_weight_in_place,
     weight_bytes,
 )
+from passes.quant.sampling import run_samples
 from passes.quant.scheme import QuantParams, quantize_weight, scale_zero_point
 
 _OVERRIDE_KEYS = ("method", "percentile", "activation_symmetric", "reduce_range")
@@ -555,18 +556,26 @@ class QuantizeInt8Pass(Pass):
         prepare_model(model, opts)
         layers, kept = select_layers(model, opts)
         override_wo = [la for la in _all_layers(model, opts) if float_reason(la, opts) == WEIGHT_ONLY_OVERRIDE_NOTE]
-        stats = calibrate(model, layers, feeds, opts)
         order = {layer.name: i for i, layer in enumerate(find_layers(model, opts.op_types))}
         cost_check = cost_check_enabled(opts, target)
         if cost_check:
             infer_shapes(model)  # the cost model needs every layer's input shape
 
+        # one run of the float model per sample for everything measured on it: activation ranges, GPTQ's input
+        # Hessians, and (for bias correction) the output means of every layer the plan below may quantize
         bc_feeds = feeds[: opts.num_samples] if opts.num_samples is not None else feeds
+        observation = Observation(model, list(plan_sites(layers, opts)))
+        layer_hessians = LayerHessians([*layers, *override_wo]) if opts.weight_rounding == "gptq" else None
+        channel_means = ChannelMeans(bias_sites([*layers, *override_wo])) if opts.bias_correction else None
+        consumers = [c for c in (observation, layer_hessians, channel_means) if c is not None]
+        run_samples(model, bc_feeds, consumers, progress=opts.progress, desc="quantize_int8 calibration")
+        stats = observation.observers
+
         bits = {layer.name: _weight_bits(layer, opts) for layer in layers}
         weights: dict[str, tuple[np.ndarray, QuantParams]] | None = None
         hessians: dict[str, np.ndarray] = {}
-        if opts.weight_rounding == "gptq":
-            hessians = layer_hessians(model, [*layers, *override_wo], bc_feeds)
+        if layer_hessians is not None:
+            hessians = layer_hessians.hessians
             damp = opts.gptq_damp
             weights = {la.name: gptq_weight(la, hessians[la.name], bits[la.name], damp=damp) for la in layers}
 
@@ -615,7 +624,7 @@ class QuantizeInt8Pass(Pass):
         overridden = {la.name for la in override_wo}
         kept = [r for r in kept if r.node not in overridden]  # recorded from the plan
         sites = bias_sites([*plan.quantize, *(la for la, _ in plan.weight_only)]) if opts.bias_correction else {}
-        means = float_channel_means(model, sites, bc_feeds) if sites else {}
+        means = {name: m for name, m in channel_means.means.items() if name in sites} if channel_means else {}
 
         records = [
             _weight_only(model, layer, weight_codes(layer), self.name, note, gptq=layer.name in hessians)

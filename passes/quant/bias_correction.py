@@ -20,7 +20,7 @@ mostly fit calibration noise.
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,7 @@ from compiler.errors import PassError
 from compiler.ir.interpreter import Interpreter, check_feeds, constant_value
 from passes._utils import Namer, add_initializer, constant
 from passes.quant.layers import QuantLayer, bias_add
+from passes.quant.sampling import run_samples
 
 #: Fewest ``samples x positions`` values a channel mean needs before it is trusted.
 MIN_POSITIONS = 256
@@ -79,27 +80,41 @@ def _channel_sums(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     return x.astype(np.float64).sum(axis=others), int(x.size // x.shape[axis])
 
 
+class ChannelMeans:
+    """A :class:`~passes.quant.sampling.SampleConsumer` for the per-channel means of every site's output (the
+    float model's, by layer name)."""
+
+    def __init__(self, sites: Mapping[str, BiasSite]) -> None:
+        self.sites = sites
+        self.by_value = {site.output: name for name, site in sites.items()}
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def wanted(self) -> Collection[ir.Value]:
+        """The sites' outputs."""
+        return self.by_value.keys()
+
+    def consume(self, value: ir.Value, array: np.ndarray, sample: Mapping[str, np.ndarray]) -> None:
+        """Add ``array``'s channel sums."""
+        name = self.by_value[value]
+        s, n = _channel_sums(array, self.sites[name].channel_axis)
+        self.sums[name] = self.sums.get(name, 0) + s
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    @property
+    def means(self) -> dict[str, np.ndarray]:
+        """``{layer name: per-channel mean}``."""
+        return {name: self.sums[name] / self.counts[name] for name in self.sums}
+
+
 def float_channel_means(
     model: ir.Model, sites: Mapping[str, BiasSite], feeds: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """Per-channel means of every site's output on the (float) ``model``, by layer name; the sites must
     belong to ``model``."""
-    by_value = {site.output: name for name, site in sites.items()}
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-
-    def hook(node: ir.Node, outputs: list[np.ndarray]) -> None:
-        for value, arr in zip(node.outputs, outputs):
-            name = by_value.get(value)
-            if name is not None:
-                s, n = _channel_sums(arr, sites[name].channel_axis)
-                sums[name] = sums.get(name, 0) + s
-                counts[name] = counts.get(name, 0) + n
-
-    interpreter = Interpreter(model)
-    for sample in feeds:
-        interpreter.run(sample, hook=hook)
-    return {name: sums[name] / counts[name] for name in sums}
+    consumer = ChannelMeans(sites)
+    run_samples(model, feeds, [consumer])
+    return consumer.means
 
 
 def _set_bias(graph: ir.Graph, site: BiasSite, delta: np.ndarray, namer: Namer, label: str) -> None:

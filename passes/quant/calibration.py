@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from compiler.errors import PassError
-from compiler.ir.interpreter import Interpreter
+from passes.quant.sampling import run_samples
 from passes.quant.scheme import dequantize, quantize, scale_zero_point
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -234,6 +234,34 @@ def quantization_mse(x: np.ndarray, lo: float, hi: float, bits: int = 8, *, symm
     return float(np.mean((dequantize(quantize(x, p), p) - x.astype(np.float32)) ** 2))
 
 
+class Observation:
+    """A :class:`~passes.quant.sampling.SampleConsumer` that observes the values named ``names`` (graph inputs or
+    node outputs of ``model``) into one :class:`TensorObserver` each; ``channel_axes`` asks for per-channel
+    ``max |x|`` of some values. Raises :class:`PassError` for a name that no node produces and that is no graph
+    input."""
+
+    def __init__(
+        self, model: ir.Model, names: Iterable[str], *, channel_axes: Mapping[str, int] | None = None, bins: int = 2048
+    ) -> None:
+        wanted = set(names)
+        axes = dict(channel_axes or {})
+        values = {v.name: v for v in model.graph.inputs}
+        values.update({v.name: v for n in model.graph for v in n.outputs})
+        missing = sorted(wanted - set(values))
+        if missing:
+            raise PassError(f"cannot observe {', '.join(missing)}: no such graph input or node output")
+        self.observers = {name: TensorObserver(bins, axes.get(name)) for name in wanted}
+        self._values = [values[name] for name in wanted]
+
+    def wanted(self) -> list[ir.Value]:
+        """The observed values."""
+        return self._values
+
+    def consume(self, value: ir.Value, array: np.ndarray, sample: Mapping[str, np.ndarray]) -> None:
+        """Observe ``array``."""
+        self.observers[value.name or ""].update(array)
+
+
 def observe(
     model: ir.Model,
     names: Iterable[str],
@@ -245,30 +273,7 @@ def observe(
     desc: str = "calibrating",
 ) -> dict[str, TensorObserver]:
     """Run ``model`` on every calibration sample with the reference interpreter and observe the values
-    named ``names`` (graph inputs or node outputs). ``channel_axes`` asks for per-channel ``max |x|``
-    of some values. ``progress`` shows a tqdm bar (``None``: only on a terminal).
-
-    Raises :class:`PassError` for a name that no node produces and that is no graph input."""
-    from tqdm.auto import tqdm
-
-    wanted = set(names)
-    axes = dict(channel_axes or {})
-    graph_inputs = {v.name for v in model.graph.inputs}
-    produced = {v.name for n in model.graph for v in n.outputs}
-    missing = sorted(wanted - produced - graph_inputs)
-    if missing:
-        raise PassError(f"cannot observe {', '.join(missing)}: no such graph input or node output")
-    observers = {name: TensorObserver(bins, axes.get(name)) for name in wanted}
-
-    def hook(node: ir.Node, outputs: list[np.ndarray]) -> None:
-        for value, arr in zip(node.outputs, outputs):
-            if value.name in observers:
-                observers[value.name].update(arr)
-
-    interpreter = Interpreter(model)
-    disable = None if progress is None else not progress
-    for sample in tqdm(feeds, desc=desc, unit="sample", disable=disable):
-        for name in wanted & graph_inputs:
-            observers[name].update(np.asarray(sample[name]))
-        interpreter.run(sample, hook=hook)
-    return observers
+    named ``names`` (:class:`Observation`). ``progress`` shows a tqdm bar (``None``: only on a terminal)."""
+    observation = Observation(model, names, channel_axes=channel_axes, bins=bins)
+    run_samples(model, feeds, [observation], progress=progress, desc=desc)
+    return observation.observers

@@ -15,17 +15,17 @@ Hessian. A depthwise conv therefore has one small ``kh*kw`` Hessian per channel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from compiler.errors import PassError
-from compiler.ir.interpreter import Interpreter
 from compiler.ir.ops.registry import attr
 from passes.quant.gptq import gptq, gptq_grouped
-from passes.quant.hessian import collect_hessians
+from passes.quant.hessian import MatMulHessians
 from passes.quant.layers import QuantLayer
+from passes.quant.sampling import run_samples
 from passes.quant.scheme import QuantParams
 
 
@@ -67,40 +67,46 @@ def conv_patches(x: np.ndarray, node: ir.Node, w_shape: Sequence[int]) -> np.nda
     return np.ascontiguousarray(win).reshape(group, n * positions, (c // group) * k)
 
 
+class ConvHessians:
+    """A :class:`~passes.quant.sampling.SampleConsumer` accumulating ``H_g = 2 X_g^T X_g / n`` over the input
+    patches of the Conv ``layers`` (other layers are skipped)."""
+
+    def __init__(self, layers: Sequence[QuantLayer]) -> None:
+        self.by_value: dict[ir.Value, list[QuantLayer]] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for layer in layers:
+            if layer.op_type == "Conv" and layer.activation is not None:
+                self.by_value.setdefault(layer.activation, []).append(layer)
+                self.shapes[layer.name] = layer.weight_array().shape
+        self.sums: dict[str, np.ndarray] = {}
+        self.rows: dict[str, int] = {}
+
+    def wanted(self) -> Collection[ir.Value]:
+        """The convs' inputs."""
+        return self.by_value.keys()
+
+    def consume(self, value: ir.Value, array: np.ndarray, sample: Mapping[str, np.ndarray]) -> None:
+        """Add the patches of ``array`` for every conv reading it."""
+        for layer in self.by_value[value]:
+            patches = conv_patches(array, layer.node, self.shapes[layer.name])
+            h = np.einsum("gpk,gpl->gkl", patches, patches, optimize=True)
+            self.sums[layer.name] = self.sums.get(layer.name, 0) + h
+            self.rows[layer.name] = self.rows.get(layer.name, 0) + patches.shape[1]
+
+    @property
+    def hessians(self) -> dict[str, np.ndarray]:
+        """``{layer name: H [G, K, K]}``."""
+        return {name: 2.0 * self.sums[name] / max(self.rows[name], 1) for name in self.sums}
+
+
 def collect_conv_hessians(
     model: ir.Model, layers: Sequence[QuantLayer], feeds: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """``{layer name: H [G, K, K]}`` (``H_g = 2 X_g^T X_g / n``) for the Conv ``layers`` over ``feeds``,
     with one forward pass of the float ``model`` per sample."""
-    convs = [layer for layer in layers if layer.op_type == "Conv"]
-    if not convs:
-        return {}
-    by_value: dict[ir.Value, list[QuantLayer]] = {}
-    for layer in convs:
-        if layer.activation is not None:
-            by_value.setdefault(layer.activation, []).append(layer)
-    shapes = {layer.name: layer.weight_array().shape for layer in convs}
-    sums: dict[str, np.ndarray] = {}
-    rows: dict[str, int] = {}
-
-    def add(layer: QuantLayer, x: np.ndarray) -> None:
-        patches = conv_patches(x, layer.node, shapes[layer.name])
-        h = np.einsum("gpk,gpl->gkl", patches, patches, optimize=True)
-        sums[layer.name] = sums.get(layer.name, 0) + h
-        rows[layer.name] = rows.get(layer.name, 0) + patches.shape[1]
-
-    def hook(node: ir.Node, outputs: list[np.ndarray]) -> None:
-        for value, arr in zip(node.outputs, outputs):
-            for layer in by_value.get(value, ()):
-                add(layer, arr)
-
-    interpreter = Interpreter(model)
-    for sample in feeds:
-        for v in model.graph.inputs:
-            for layer in by_value.get(v, ()):
-                add(layer, np.asarray(sample[v.name or ""]))
-        interpreter.run(sample, hook=hook)
-    return {name: 2.0 * sums[name] / max(rows[name], 1) for name in sums}
+    consumer = ConvHessians(layers)
+    run_samples(model, feeds, [consumer])
+    return consumer.hessians
 
 
 def gptq_weight(
@@ -129,11 +135,36 @@ def gptq_weight(
     return q, QuantParams(scale.astype(np.float32).reshape(shape), np.zeros(shape, np.int64), bits, True)
 
 
+class LayerHessians:
+    """A :class:`~passes.quant.sampling.SampleConsumer` for the Hessians of every layer of ``layers``: ``[G, K, K]``
+    over input patches for Conv, ``[K, K]`` for MatMul / Gemm; what :func:`gptq_weight` takes."""
+
+    def __init__(self, layers: Sequence[QuantLayer]) -> None:
+        self.convs = ConvHessians(layers)
+        self.matmuls = MatMulHessians([la for la in layers if la.op_type != "Conv"])
+
+    def wanted(self) -> Collection[ir.Value]:
+        """Every layer's input."""
+        return {*self.convs.wanted(), *self.matmuls.wanted()}
+
+    def consume(self, value: ir.Value, array: np.ndarray, sample: Mapping[str, np.ndarray]) -> None:
+        """Hand ``array`` to the conv and the matmul accumulators that read it."""
+        if value in self.convs.by_value:
+            self.convs.consume(value, array, sample)
+        if value in self.matmuls.accumulators:
+            self.matmuls.consume(value, array, sample)
+
+    @property
+    def hessians(self) -> dict[str, np.ndarray]:
+        """``{layer name: Hessian}``."""
+        return {**self.convs.hessians, **self.matmuls.hessians}
+
+
 def layer_hessians(
     model: ir.Model, layers: Sequence[QuantLayer], feeds: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """``{layer name: Hessian}`` of every layer of ``layers`` over ``feeds`` (float ``model``): ``[G, K, K]``
-    over input patches for Conv, ``[K, K]`` for MatMul / Gemm; what :func:`gptq_weight` takes."""
-    hessians = collect_conv_hessians(model, layers, feeds)
-    hessians.update(collect_hessians(model, [la for la in layers if la.op_type != "Conv"], feeds))
-    return hessians
+    """``{layer name: Hessian}`` of every layer of ``layers`` over ``feeds`` (float ``model``,
+    :class:`LayerHessians`)."""
+    consumer = LayerHessians(layers)
+    run_samples(model, feeds, [consumer])
+    return consumer.hessians

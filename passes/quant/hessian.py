@@ -4,13 +4,13 @@ reference interpreter's node hook."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
-from compiler.ir.interpreter import Interpreter
 from passes.quant.layers import QuantLayer
+from passes.quant.sampling import run_samples
 
 
 class HessianAccumulator:
@@ -48,47 +48,48 @@ def token_mask_input(model: ir.Model) -> str | None:
     return None
 
 
+class MatMulHessians:
+    """A :class:`~passes.quant.sampling.SampleConsumer` accumulating ``2 X^T X / n`` for the MatMul / Gemm
+    ``layers`` (Conv layers are skipped: their input vectors are im2col patches, :mod:`passes.quant.conv_gptq`).
+    With ``mask_input`` (a graph input such as ``attention_mask [batch, seq]``), a layer input with one vector per
+    token only contributes the vectors of unmasked tokens: padding tokens would otherwise dominate the Hessian of
+    short, padded sequences. Inputs shared by several layers are accumulated once."""
+
+    def __init__(self, layers: Sequence[QuantLayer], mask_input: str | None = None) -> None:
+        self.accumulators: dict[ir.Value, HessianAccumulator] = {}
+        self.owner: dict[str, ir.Value] = {}
+        self.mask_input = mask_input
+        for layer in layers:
+            x = layer.activation
+            if layer.op_type == "Conv" or x is None:
+                continue
+            if x not in self.accumulators:
+                self.accumulators[x] = HessianAccumulator(_input_size(layer))
+            self.owner[layer.name] = x
+
+    def wanted(self) -> Collection[ir.Value]:
+        """The layers' inputs."""
+        return self.accumulators.keys()
+
+    def consume(self, value: ir.Value, array: np.ndarray, sample: Mapping[str, np.ndarray]) -> None:
+        """Add ``array``'s vectors (the unmasked ones)."""
+        rows = np.asarray(sample[self.mask_input]) if self.mask_input is not None else None
+        self.accumulators[value].add(array, rows)
+
+    @property
+    def hessians(self) -> dict[str, np.ndarray]:
+        """``{layer name: H}``."""
+        return {name: self.accumulators[value].hessian for name, value in self.owner.items()}
+
+
 def collect_hessians(
     model: ir.Model,
     layers: Sequence[QuantLayer],
     feeds: Sequence[Mapping[str, np.ndarray]],
     mask_input: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """``{layer name: H}`` for the MatMul / Gemm ``layers`` over the calibration ``feeds``.
-
-    With ``mask_input`` (a graph input such as ``attention_mask [batch, seq]``), a layer input
-    with one vector per token only contributes the vectors of unmasked tokens: padding tokens
-    would otherwise dominate the Hessian of short, padded sequences.
-
-    Conv layers are skipped (their input vectors would be im2col patches). The model is run
-    once per sample by the reference interpreter; inputs shared by several layers are
-    accumulated once.
-    """
-    by_value: dict[ir.Value, HessianAccumulator] = {}
-    owner: dict[str, ir.Value] = {}
-    for layer in layers:
-        x = layer.activation
-        if layer.op_type == "Conv" or x is None:
-            continue
-        if x not in by_value:
-            by_value[x] = HessianAccumulator(_input_size(layer))
-        owner[layer.name] = x
-    if not by_value:
-        return {}
-    interpreter = Interpreter(model)
-    graph_inputs = {v.name: v for v in model.graph.inputs if v in by_value}
-
-    rows: list[np.ndarray | None] = [None]
-
-    def hook(node: ir.Node, outputs: list[np.ndarray]) -> None:
-        for value, arr in zip(node.outputs, outputs):
-            acc = by_value.get(value)
-            if acc is not None:
-                acc.add(arr, rows[0])
-
-    for sample in feeds:
-        rows[0] = np.asarray(sample[mask_input]) if mask_input is not None else None
-        for name, value in graph_inputs.items():
-            by_value[value].add(np.asarray(sample[name or ""]), rows[0])
-        interpreter.run(sample, hook=hook)
-    return {name: by_value[value].hessian for name, value in owner.items()}
+    """``{layer name: H}`` for the MatMul / Gemm ``layers`` over the calibration ``feeds``
+    (:class:`MatMulHessians`), one reference-interpreter run per sample."""
+    consumer = MatMulHessians(layers, mask_input)
+    run_samples(model, feeds, [consumer])
+    return consumer.hessians
