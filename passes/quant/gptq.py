@@ -229,21 +229,17 @@ def gptq_grouped(w: np.ndarray, hessians: np.ndarray, bits: int, *, damp: float 
     rows_hinv = np.repeat(hinv, per, axis=0)  # [N, K, K]: each row's group factor
     qmin, qmax = qrange(bits, True)
     w1 = w.astype(np.float64).copy()
-    mask = np.zeros(w.shape, bool)
-    scale, zp = _group_params(w1, mask, bits, True)
+    no_outliers = np.zeros(w.shape, bool)
+    scale, zp = _group_params(w1, no_outliers, bits, True)
     s = scale.astype(np.float32)
     q = np.zeros((n, k), np.int64)
-    final = np.zeros((n, k))
-    for i in range(k):
+    for i in range(k):  # gptq's column step, with each row's own factor
         wc = w1[:, i]
         code = np.clip(np.rint(wc.astype(np.float32) / s + zp), qmin, qmax)
-        deq = (code - zp) * s
-        deq = np.where(mask[:, i], wc.astype(np.float16).astype(np.float64), deq)
         q[:, i] = code.astype(np.int64)
-        final[:, i] = wc
-        e = (wc - deq) / rows_hinv[:, i, i]
+        e = (wc - (code - zp) * s) / rows_hinv[:, i, i]
         w1[:, i:] -= e[:, None] * rows_hinv[:, i, i:]
-    return _finish(final, q, scale.reshape(n, 1), zp.reshape(n, 1), mask, bits, True, k)
+    return _finish(w, q, scale.reshape(n, 1), zp.reshape(n, 1), no_outliers, bits, True, k)
 
 
 def select_outliers(
