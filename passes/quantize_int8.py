@@ -39,7 +39,7 @@ from compiler.ir.shapes import infer_shapes
 from passes._utils import Namer, add_initializer, constant, is_onnx_op, node_label, rank, take_over
 from passes.base import LayerRecord, Pass, register_pass
 from passes.quant.bias_correction import MIN_POSITIONS, ChannelMeans, bias_sites, correct_biases
-from passes.quant.calibration import METHODS, Observation, TensorObserver, observe
+from passes.quant.calibration import METHODS, Observation, TensorObserver
 from passes.quant.conv_gptq import LayerHessians, gptq_weight
 from passes.quant.diagnosis import DIAGNOSIS_SAMPLES, GUARD_SCOPES, QuantPlan, plan_quantization
 from passes.quant.layers import (
@@ -400,10 +400,23 @@ def calibrate(
     """Observe every activation that :func:`quantize_layers` would quantize for ``layers`` (on the
     prepared, still-float model), over ``feeds`` (the first ``num_samples``)."""
     opts = opts or Int8Options()
-    sites = plan_sites(layers, opts)
-    if opts.num_samples is not None:
-        feeds = feeds[: opts.num_samples]
-    return observe(model, list(sites), feeds, progress=opts.progress, desc="quantize_int8 calibration")
+    observation = _observation(model, layers, opts)
+    run_samples(model, _samples(feeds, opts), [observation], progress=opts.progress, desc=_CALIBRATION)
+    return observation.observers
+
+
+#: Progress-bar label of the calibration run.
+_CALIBRATION = "quantize_int8 calibration"
+
+
+def _observation(model: ir.Model, layers: Sequence[QuantLayer], opts: Int8Options) -> Observation:
+    """The consumer of a calibration run that observes the activations :func:`quantize_layers` quantizes."""
+    return Observation(model, list(plan_sites(layers, opts)))
+
+
+def _samples(feeds: Sequence[Mapping[str, np.ndarray]], opts: Int8Options) -> Sequence[Mapping[str, np.ndarray]]:
+    """The calibration samples the pass measures on: the first ``num_samples``."""
+    return feeds[: opts.num_samples] if opts.num_samples is not None else feeds
 
 
 def quantize_layers(
@@ -563,12 +576,12 @@ class QuantizeInt8Pass(Pass):
 
         # one run of the float model per sample for everything measured on it: activation ranges, GPTQ's input
         # Hessians, and (for bias correction) the output means of every layer the plan below may quantize
-        bc_feeds = feeds[: opts.num_samples] if opts.num_samples is not None else feeds
-        observation = Observation(model, list(plan_sites(layers, opts)))
+        bc_feeds = _samples(feeds, opts)
+        observation = _observation(model, layers, opts)
         layer_hessians = LayerHessians([*layers, *override_wo]) if opts.weight_rounding == "gptq" else None
         channel_means = ChannelMeans(bias_sites([*layers, *override_wo])) if opts.bias_correction else None
         consumers = [c for c in (observation, layer_hessians, channel_means) if c is not None]
-        run_samples(model, bc_feeds, consumers, progress=opts.progress, desc="quantize_int8 calibration")
+        run_samples(model, bc_feeds, consumers, progress=opts.progress, desc=_CALIBRATION)
         stats = observation.observers
 
         bits = {layer.name: _weight_bits(layer, opts) for layer in layers}
