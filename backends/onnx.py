@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableSequence
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +55,22 @@ KEPT_METADATA_PREFIX = "cacc."
 
 def strip_debug_info(proto: onnx.ModelProto) -> None:
     """Drop from ``proto`` (in place) what only serves debugging: every graph's ``value_info`` (the shapes of
-    intermediate values, which ONNX Runtime and ``onnx.shape_inference`` infer again), node doc strings and node
-    metadata other than cacc's ``cacc.*`` marks (the source exporter's stack traces, fx node names and
-    rewrite-rule names: EfficientNet-Lite0 int8 carries 28 KB of them and 29 KB of shapes)."""
+    intermediate values, which ONNX Runtime and ``onnx.shape_inference`` infer again), node doc strings, and node
+    and graph metadata other than cacc's ``cacc.*`` marks (the source exporter's stack traces, fx node names and
+    rewrite-rule names: EfficientNet-Lite0 int8 carries 28 KB of them and 29 KB of shapes; torch.export's
+    signature of the source program, which names parameters the optimized graph no longer has: 25 KB). The
+    model's own metadata (``ModelProto.metadata_props``: author, license, ...) stays."""
+
+    def keep_marks(props: MutableSequence[onnx.StringStringEntryProto]) -> None:
+        kept = [p for p in props if p.key.startswith(KEPT_METADATA_PREFIX)]
+        del props[:]
+        props.extend(kept)
 
     def visit(graph: onnx.GraphProto) -> None:
         del graph.value_info[:]
+        keep_marks(graph.metadata_props)
         for node in graph.node:
-            kept = [p for p in node.metadata_props if p.key.startswith(KEPT_METADATA_PREFIX)]
-            del node.metadata_props[:]
-            node.metadata_props.extend(kept)
+            keep_marks(node.metadata_props)
             node.doc_string = ""
             for a in node.attribute:  # control-flow bodies
                 if a.type == onnx.AttributeProto.GRAPH:

@@ -14,9 +14,11 @@ What it rewrites, only for quantized layers (a weight read through a ``Dequantiz
   most 2^-11 of itself (half a float16 ulp), so its weights move by at most 2^-11 of themselves, well under
   the int8 rounding; the tiny scales of near-dead channels (BN-folded weights ~1e-8, scales below 6.1e-5)
   move by at most 2^-11 of the tensor's largest scale and never become zero;
-- the bias of the ``Conv`` / ``Gemm`` / ``cacc::FusedConv`` / ``cacc::FusedMatMul`` reading that weight
-  (``biases``): each bias value moves by at most 2^-11 of itself (plus 2^-25 for values below float16's
-  normal range); a bias beyond float16's range stays float32.
+- the bias of the ``Conv`` / ``Gemm`` / ``cacc::FusedConv`` / ``cacc::FusedMatMul`` reading that weight, or the
+  ``Add`` of a bias to a ``MatMul`` reading it (directly or through the output's ``QuantizeLinear`` /
+  ``DequantizeLinear``, as the onnx target exports a quantized dense layer) (``biases``): each bias value moves
+  by at most 2^-11 of itself (plus 2^-25 for values below float16's normal range); a bias beyond float16's range
+  stays float32.
 
 Opt-in (``float_weights``), for the layers a quantizer left in float with float32 weights (kept by an override,
 the accuracy guard or the cost model): their weights, and their biases, as float16 under the same bound as the
@@ -98,9 +100,37 @@ def _is_float_weight(value: ir.Value | None) -> bool:
     return value is not None and value.dtype == ir.DataType.FLOAT and is_constant(value)
 
 
+def _quantized_matmul(value: ir.Value | None) -> ir.Node | None:
+    """The ``MatMul`` of a dequantized constant weight that produces ``value``, directly or through its output's
+    ``QuantizeLinear`` -> ``DequantizeLinear`` pair, else ``None``."""
+    node = value.producer() if value is not None else None
+    if node is not None and is_onnx_op(node, "DequantizeLinear") and node.inputs:
+        q = node.inputs[0].producer() if node.inputs[0] is not None else None
+        node = q.inputs[0].producer() if q is not None and is_onnx_op(q, "QuantizeLinear") and q.inputs[0] else None
+    if node is None or not is_onnx_op(node, "MatMul") or len(node.inputs) != 2:
+        return None
+    return node if _weight_dequantize(node.inputs[1]) is not None else None
+
+
+def _is_matmul_bias(node: ir.Node, index: int) -> bool:
+    """Whether input ``index`` of the ``Add`` ``node`` is a quantized ``MatMul``'s bias: a constant ``[N]`` (or
+    ``[1, ..., 1, N]``) added to that ``MatMul``'s output, ``N`` its weight's columns (the form the onnx target
+    exports a quantized ``Gemm`` / ``FusedMatMul`` in)."""
+    if not is_onnx_op(node, "Add") or len(node.inputs) != 2 or index not in (0, 1):
+        return False
+    matmul = _quantized_matmul(node.inputs[1 - index])
+    bias, weight = node.inputs[index], matmul.inputs[1] if matmul is not None else None
+    if bias is None or weight is None or bias.shape is None or weight.shape is None:
+        return False
+    dims, wdims = list(bias.shape), list(weight.shape)
+    return bool(dims) and len(wdims) == 2 and dims[-1] == wdims[-1] and all(d == 1 for d in dims[:-1])
+
+
 def _is_bias_site(node: ir.Node, index: int, quantized: bool, float_weights: bool) -> bool:
     """Whether input ``index`` of ``node`` is the bias of a quantized layer (``quantized``) or of a float layer
     with a float32 weight (``float_weights``)."""
+    if quantized and _is_matmul_bias(node, index):
+        return True
     if index != 2 or _op(node) not in _BIAS_LAYERS or len(node.inputs) < 2:
         return False
     if _weight_dequantize(node.inputs[1]) is not None:

@@ -130,6 +130,7 @@ def test_export_onnx_leaves_out_debug_info_unless_asked(tmp_path, tiny, tiny_onn
 
     assert full_p.graph.value_info and not lean_p.graph.value_info
     assert "pkg.torch.onnx.stack_trace" in keys(full_p) and not keys(lean_p)
+    assert {p.key for p in full_p.graph.metadata_props} and not lean_p.graph.metadata_props  # torch.export's
     assert lean.stat().st_size < full.stat().st_size
     assert [(n.op_type, list(n.input)) for n in lean_p.graph.node] == [
         (n.op_type, list(n.input)) for n in full_p.graph.node
@@ -161,9 +162,13 @@ def test_strip_debug_info_keeps_cacc_marks_and_visits_subgraphs():
     graph = helper.make_graph(
         [cast, cond], "g", [info("x"), info("b", TensorProto.BOOL)], [info("y"), info("c")], value_info=[info("c")]
     )
+    helper.set_metadata_props(graph, {"pkg.torch.export.ExportedProgram.graph_signature": "# inputs", "cacc.x": "1"})
     proto = helper.make_model(graph)
+    helper.set_metadata_props(proto, {"license": "MIT"})
     strip_debug_info(proto)
     assert not proto.graph.value_info and not proto.graph.node[0].doc_string
+    assert {p.key for p in proto.graph.metadata_props} == {"cacc.x"}  # the source program's signature: dropped
+    assert {p.key: p.value for p in proto.metadata_props} == {"license": "MIT"}  # the model's own: kept
     assert {p.key: p.value for p in proto.graph.node[0].metadata_props} == {"cacc.storage": "float16"}
     for attr in proto.graph.node[1].attribute:
         assert not attr.g.value_info and not attr.g.node[0].metadata_props, attr.name

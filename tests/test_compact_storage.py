@@ -188,7 +188,9 @@ def test_onnx_export_keeps_integer_kernels_and_matches_the_reference(tmp_path: P
     cm = _compile("onnx", compact=True)
     proto = to_standard_onnx(cm.ir)
     casts = [n for n in proto.graph.node if n.op_type == "Cast"]
-    assert len(casts) == 5  # 3 scales, the 2 conv biases (fc's bias is a separate Add here: float32)
+    assert len(casts) == 6  # 3 scales, 3 biases: fc's is an Add after its MatMul's output Q/DQ here
+    fc_bias = next(n for n in proto.graph.node if n.name == "fc_bias")
+    assert fc_bias.input[1] in {c.output[0] for c in casts}, list(fc_bias.input)
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     so.log_severity_level = 3
@@ -201,6 +203,49 @@ def test_onnx_export_keeps_integer_kernels_and_matches_the_reference(tmp_path: P
         got = sess.run(None, {"x": x})[0]
         ref = run(cm.ir, {"x": x})["y"]
         assert np.max(np.abs(got - ref)) <= 1.5 * step, (np.max(np.abs(got - ref)), step)
+
+
+def test_matmul_bias_adds_are_compacted_only_after_a_quantized_matmul() -> None:
+    """An ``Add`` of a ``[N]`` / ``[1, N]`` constant to a quantized MatMul's output (directly or through its
+    output Q/DQ) is that layer's bias; a full ``[M, N]`` addend, or a bias after a float MatMul, is not."""
+    rng = np.random.default_rng(5)
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], name="dq", axis=1),
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+        helper.make_node("Add", ["m", "b_vec"], ["a1"], name="direct"),
+        helper.make_node("QuantizeLinear", ["m", "s", "zp"], ["mq"], name="q"),
+        helper.make_node("DequantizeLinear", ["mq", "s", "zp"], ["md"], name="dq_out"),
+        helper.make_node("Add", ["b_row", "md"], ["a2"], name="through_qdq"),
+        helper.make_node("Add", ["m", "b_full"], ["a3"], name="full"),
+        helper.make_node("MatMul", ["x", "wf"], ["f"], name="float_mm"),
+        helper.make_node("Add", ["f", "b_float"], ["a4"], name="float_bias"),
+    ]
+    inits = [
+        ("wq", rng.integers(-127, 128, (32, 24)).astype(np.int8)),
+        ("ws", np.full(24, 2.0**-7, np.float32)),  # exact in float16: only the biases move
+        ("b_vec", f32(24)),
+        ("b_row", f32(1, 24)),
+        ("b_full", f32(4, 24)),
+        ("wf", f32(32, 24)),
+        ("b_float", f32(24)),
+        ("s", np.float32(0.05)),
+        ("zp", np.uint8(128)),
+    ]
+    outputs = [tensor(name, [4, 24]) for name in ("a1", "a2", "a3", "a4")]
+    model = infer_shapes(to_ir(make_model(nodes, [tensor("x", [4, 32])], outputs, inits)))
+    x = f32(4, 32)
+    before = run(model, {"x": x})
+    CompactStoragePass()(model)
+    adds = {n.name: n for n in model.graph if n.op_type == "Add"}
+    assert storage_source(adds["direct"].inputs[1]) is not None
+    assert storage_source(adds["through_qdq"].inputs[0]) is not None
+    assert storage_source(adds["full"].inputs[1]) is None and storage_source(adds["float_bias"].inputs[1]) is None
+    after = run(model, {"x": x})
+    bias, original = constant(adds["direct"].inputs[1]), inits[2][1]
+    assert bias is not None and np.all(np.abs(bias - original) <= 2.0**-11 * np.abs(original))
+    np.testing.assert_allclose(after["a1"] - before["a1"], np.broadcast_to(bias - original, (4, 24)), atol=1e-6)
+    np.testing.assert_array_equal(after["a3"], before["a3"])
 
 
 def test_tvm_build_folds_the_casts_into_its_integer_kernels() -> None:
