@@ -142,7 +142,9 @@ class Row:
     status: str = "ok"  #: "ok" or "skipped"
     reason: str = ""
     latency_ms: float | None = None
-    ratio_to_ort_fp32: float | None = None  #: latency / ORT fp32 latency (lower is faster)
+    #: the median over timing rounds of (this row's latency / ORT fp32's latency in the same round); lower is faster
+    ratio_to_ort_fp32: float | None = None
+    round_ms: list[float] = field(default_factory=list)  #: the median latency of each timing round
     size_bytes: int | None = None
     metric: dict[str, float] = field(default_factory=dict)
     repeat: int = 0
@@ -455,7 +457,9 @@ def time_rows(prepared: Sequence[tuple[Row, Engine | None]], s: Settings) -> Non
 
     Each round times every engine for its share of ``s.repeat`` runs (after ``s.warmup`` untimed runs),
     starting one engine later than the round before; the median is over all rounds' runs, so a slow
-    phase of a shared machine hits every engine alike instead of whichever row ran during it.
+    phase of a shared machine hits every engine alike instead of whichever row ran during it. Each round's
+    own median is kept too (``Row.round_ms``), for ratios between rows measured in the same rounds
+    (:func:`paired_ratio`).
     """
     live = [(row, eng) for row, eng in prepared if eng is not None]
     if not live:
@@ -469,14 +473,34 @@ def time_rows(prepared: Sequence[tuple[Row, Engine | None]], s: Settings) -> Non
             if row.status != "ok":
                 continue
             try:
-                samples[id(row)] += time_samples(
+                got = time_samples(
                     eng.timed, repeat=per_round, warmup=s.warmup, budget_s=s.time_budget / rounds, sync=eng.sync
                 )
             except Exception as exc:
                 _skipped(row, exc)
+                continue
+            samples[id(row)] += got
+            row.round_ms.append(float(statistics.median(got)))
     for row, _ in live:
         if row.status == "ok" and samples[id(row)]:
             row.latency_ms, row.repeat = float(statistics.median(samples[id(row)])), len(samples[id(row)])
+
+
+def paired_ratio(row: Row, base: Row) -> float | None:
+    """The median over the timing rounds both rows ran of ``row``'s round latency over ``base``'s: each ratio
+    compares two engines timed seconds apart, so a machine whose speed shifts between phases (this project's
+    2-core VMs: +30-70% for minutes at a time, differently for each engine) does not bias it the way a ratio of
+    overall medians can be biased. ``None`` without a common round."""
+    pairs = [a / b for a, b in zip(row.round_ms, base.round_ms, strict=False) if b > 0]
+    return float(statistics.median(pairs)) if pairs else None
+
+
+#: Speed targets the footer reports as paired ratios: (cacc row, ORT row).
+PAIRED = [
+    (cacc, ort)
+    for cacc in ("cacc x86 int8", "cacc int8 ONNX->ORT")
+    for ort in ("ORT int8 static QDQ", "ORT int8 dynamic")
+]
 
 
 def run_benchmark(model_names: Sequence[str], s: Settings, work: Path) -> list[Row]:
@@ -505,8 +529,8 @@ def run_benchmark(model_names: Sequence[str], s: Settings, work: Path) -> list[R
         del prepared  # the engines (compiled models, sessions) of this model
         base = next((r for r in model_rows if r.engine == BASELINE and r.latency_ms), None)
         for r in model_rows:
-            if base is not None and r.latency_ms is not None and base.latency_ms:
-                r.ratio_to_ort_fp32 = round(r.latency_ms / base.latency_ms, 3)
+            ratio = paired_ratio(r, base) if base is not None and r.latency_ms is not None else None
+            r.ratio_to_ort_fp32 = round(ratio, 3) if ratio is not None else None
         rows += model_rows
     return rows
 
@@ -545,6 +569,15 @@ def format_table(rows: Sequence[Row]) -> str:
             f"{r.model:<19} {r.engine:<20} {r.latency_ms:>11.3f} {ratio:>7} {size:>8} {r.eval_limit:>5}  "
             f"{_fmt_metric(r.metric)}"
         )
+    notes = []
+    for model in dict.fromkeys(r.model for r in rows):
+        by_engine = {r.engine: r for r in rows if r.model == model and r.status == "ok" and r.round_ms}
+        for cacc, ort in PAIRED:
+            if cacc in by_engine and ort in by_engine:
+                ratio = paired_ratio(by_engine[cacc], by_engine[ort])
+                notes.append(f"{model}: {cacc} = {ratio:.2f}x {ort}")
+    if notes:
+        lines += ["", "paired ratios (median over timing rounds of the ratio within a round):", *notes]
     return "\n".join(lines)
 
 
@@ -651,7 +684,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run_benchmark(names, s, Path(tmp))
     out = Path(args.out)
     write_outputs(rows, s, out)
-    print(f"threads={s.threads} repeat<={s.repeat} limit<={s.limit}  (x ORT = latency / ORT fp32 latency)")
+    paired = "x ORT = latency / ORT fp32 latency, the median of the ratios within each timing round"
+    print(f"threads={s.threads} repeat<={s.repeat} limit<={s.limit}  ({paired})")
     print(format_table(rows))
     print(f"\nwrote {out / 'benchmark.json'} and {out / 'benchmark.png'}")
     return 0
