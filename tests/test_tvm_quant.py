@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -12,6 +14,7 @@ from backends.tvm.lowering.qmatmul import integer_kernels
 from backends.tvm.relax_emitter import emit_relax
 from backends.tvm.runtime import build
 from backends.tvm.schedules.qgemm import (
+    LANES_ATTR,
     QKERNEL_ATTR,
     has_vnni,
     plan_qgemm,
@@ -31,10 +34,29 @@ U8, I8, F = TensorProto.UINT8, TensorProto.INT8, TensorProto.FLOAT
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 #: An AVX-VNNI CPU (256-bit vpdpbusd), for the VNNI kernel choices
 VNNI = tvm.target.Target({"kind": "llvm", "mcpu": "alderlake", "num-cores": 2})
-HOST_HAS_VNNI = has_vnni(host_target())
 #: An AVX-512 CPU with VNNI (16 fp32 lanes: channel blocks of 16)
 AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2})
-HOST_HAS_AVX512 = bool(tvm.target.codegen.target_has_features("avx512f", host_target())) and HOST_HAS_VNNI
+#: ISA extensions LLVM may use for those targets: code built for a target runs here only if the host has all of
+#: its ones (an AMD Zen 4 has AVX-512 VNNI but not the VEX-encoded AVX-VNNI of alderlake / sapphirerapids code)
+_ISA = (
+    "avx2", "fma", "avxvnni", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avx512bf16",
+    "avx512fp16", "avx512vbmi", "avx512vbmi2", "avx512ifma", "gfni", "vaes", "vpclmulqdq", "amx-tile",
+)  # fmt: skip
+
+
+def _host_runs(target: tvm.target.Target) -> bool:
+    """Whether this host has every ISA extension of ``target`` that code built for it may use."""
+    host = host_target()
+    has = tvm.target.codegen.target_has_features
+    return all(bool(has(f, host)) or not bool(has(f, target)) for f in _ISA)
+
+
+HOST_RUNS_VNNI = _host_runs(VNNI)
+HOST_RUNS_AVX512 = _host_runs(AVX512)
+#: This host has AVX-512 VNNI (its own target takes 512-bit vpdpbusd where allowed)
+HOST_HAS_AVX512_VNNI = bool(tvm.target.codegen.target_has_features("avx512vnni", host_target())) and has_vnni(
+    host_target()
+)
 
 
 def _model(nodes: list, inputs: list, outputs: list, inits: list) -> ir.Model:
@@ -406,7 +428,7 @@ def test_blocked_integer_conv_keeps_8_channel_blocks_on_every_x86(target: str) -
     """Channel-blocked convs use 8-channel blocks on every x86 CPU, AVX-512 ones included (whose other kernels take
     16 lanes): the integer 1x1 conv writes blocks of its 8-lane accumulator vectors, and EfficientNet's 24- and
     40-channel convs could not take 16-channel blocks. Bit-exact to the reference where this host can run it."""
-    tgt, runs = {"avx2": (AVX2, True), "vnni": (VNNI, HOST_HAS_VNNI), "avx512": (AVX512, HOST_HAS_AVX512)}[target]
+    tgt, runs = {"avx2": (AVX2, True), "vnni": (VNNI, HOST_RUNS_VNNI), "avx512": (AVX512, HOST_RUNS_AVX512)}[target]
     model = _blocked_quant_chain(U8, 127, co=32)
     with tgt:
         script = emit_relax(model)["main"].script()
@@ -453,10 +475,65 @@ def test_vnni_targets_run_full_range_int8_weights_on_vpdpbusd(model: object, kin
     assert [k for k in _qkernels(m, VNNI) if k != QUANTIZE_KIND] == kinds
     asm = _asm(m, VNNI)
     assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
-    if HOST_HAS_VNNI:
+    if HOST_RUNS_VNNI:
         x_shape = [int(d) for d in m.graph.inputs[0].shape]  # type: ignore[union-attr]
         x = np.random.default_rng(15).standard_normal(x_shape).astype(np.float32) * 2
         _check(m, {"x": x}, rtol=2e-5, target=VNNI)
+
+
+#: An AMD Zen 4 (AVX-512 VNNI, one of WIDE_VNNI_CPUS): its u8s8 matmuls take 512-bit vpdpbusd
+ZEN4 = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+
+
+def _u8s8_lanes(model: ir.Model, target: tvm.target.Target) -> list[int]:
+    """The vector lanes of ``model``'s ``u8s8`` kernels emitted for ``target``."""
+    with target:
+        mod = emit_relax(model)
+    return [
+        int(f.attrs.get(LANES_ATTR, 8))
+        for _, f in mod.functions_items()
+        if f.attrs and f.attrs.get(QKERNEL_ATTR) == "u8s8"
+    ]
+
+
+def test_512_bit_vpdpbusd_only_on_the_wide_vnni_cpus() -> None:
+    """The matmuls of the CPUs in WIDE_VNNI_CPUS take 16-lane vectors (512-bit vpdpbusd on zmm registers); other
+    VNNI CPUs keep 8 lanes, and so does the blocked 1x1 conv everywhere (its output's 8-channel blocks)."""
+    model = _quant_mlp(127)
+    assert _u8s8_lanes(model, ZEN4) == [16, 16, 16]
+    assert _u8s8_lanes(model, VNNI) == [8, 8, 8] and _u8s8_lanes(model, AVX512) == [8, 8, 8]
+    assert re.search(r"vpdpbusd\s+[^\n]*%zmm", _asm(model, ZEN4))
+    assert not re.search(r"vpdpbusd\s+[^\n]*%zmm", _asm(model, AVX512))
+    assert _u8s8_lanes(_blocked_quant_chain(I8, 127), ZEN4) == [8]
+
+
+@pytest.mark.skipif(not HOST_HAS_AVX512_VNNI, reason="needs a host with AVX-512 VNNI")
+def test_512_bit_vpdpbusd_kernels_match_the_256_bit_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run here (this host's CPU counted as a wide one): the 16-lane kernels match the reference interpreter and
+    the 8-lane kernels bit for bit, on shapes whose columns are not a multiple of 16 (padded panels)."""
+    from backends.tvm.schedules import qgemm as qgemm_module
+
+    host = host_target(2)
+    model = _quant_mlp(127, m=13, k=70, h=40, n=24)
+    x = np.random.default_rng(21).standard_normal((13, 70)).astype(np.float32) * 2
+    monkeypatch.setattr(qgemm_module, "WIDE_VNNI_CPUS", (str(host.attrs["mcpu"]),))
+    assert _u8s8_lanes(model, host) == [16, 16, 16]
+    wide = _check(model, {"x": x}, rtol=2e-5, target=host)
+    monkeypatch.setattr(qgemm_module, "WIDE_VNNI_CPUS", ())
+    assert _u8s8_lanes(model, host) == [8, 8, 8]
+    narrow = build(model, host, num_threads=2).run({"x": x})
+    for w, n in zip(wide, narrow, strict=True):
+        np.testing.assert_array_equal(w, n)
+
+
+def test_512_bit_kernel_refuses_a_target_without_avx512_vnni() -> None:
+    with ZEN4:
+        mod = emit_relax(_quant_mlp(127))
+    funcs = [f for _, f in mod.functions_items() if f.attrs and f.attrs.get(LANES_ATTR) is not None]
+    assert funcs
+    with pytest.raises(BackendError, match="AVX-512 VNNI"):
+        schedule_qgemm(funcs[0], VNNI)  # AVX-VNNI: 256-bit vpdpbusd only
+    schedule_qgemm(funcs[0], ZEN4)
 
 
 def test_kernel_emitted_for_vnni_refuses_a_target_without_it() -> None:

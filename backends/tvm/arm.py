@@ -268,7 +268,8 @@ class ArmBackend(Backend):
         cross = is_aarch64(target)
         toolchain = arm_setup.toolchain(need_qemu=self.rpc is None) if cross else None
         t0 = time.perf_counter()
-        mod = emit_relax(model)
+        with target:  # lowering choices that depend on the CPU follow the target built for, not the host
+            mod = emit_relax(model)
         try:
             ex = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target))
         except Exception as exc:

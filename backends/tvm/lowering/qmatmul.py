@@ -31,7 +31,14 @@ from tvm import relax
 from backends.tvm.lowering.common import CACC_DOMAIN, EmitContext, Out, attr, input_at
 from backends.tvm.lowering.kernels import call_kernel, static_shape
 from backends.tvm.schedules.epilogue import SUPPORTED
-from backends.tvm.schedules.qgemm import QGemmPlan, pack_qweight, plan_qgemm, qgemm_func, u8s8_order
+from backends.tvm.schedules.qgemm import (
+    QGemmPlan,
+    kernel_lanes,
+    pack_qweight,
+    plan_qgemm,
+    qgemm_func,
+    u8s8_order,
+)
 
 R = relax.op
 
@@ -191,7 +198,7 @@ def _emit(
         zp_args: list[relax.Expr] = []
     else:
         # uint8 activations as they are (int8 ones shifted by 128), zero point through the weight column sums
-        plan = plan_qgemm(m, k, n, "u8s8")
+        plan = plan_qgemm(m, k, n, "u8s8", kernel_lanes("u8s8"))
         shift = 128 if ctx.dtype(act.q) == "int8" else 0
         a = ctx.expr(act.q)
         if shift:

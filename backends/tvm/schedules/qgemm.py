@@ -47,6 +47,11 @@ VPDPBUSD_INTRIN = "cacc_vnni_vpdpbusd_8x4"
 VPDPBUSD_T_INTRIN = "cacc_vnni_vpdpbusd_8x4_t"
 #: ``vpdpbusd`` on 256-bit vectors (AVX-VNNI, or AVX-512 VNNI + VL: LLVM picks the encoding)
 _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.256"
+#: ``vpdpbusd`` on 512-bit vectors (AVX-512 VNNI): 16 int32 lanes
+_VPDPBUSD_512 = "llvm.x86.avx512.vpdpbusd.512"
+VPDPBUSD_512_INTRIN = "cacc_vnni_vpdpbusd_16x4"
+#: PrimFunc attribute of a kernel planned for 16-lane (512-bit) vectors (absent: 8)
+LANES_ATTR = "cacc.qgemm_lanes"
 _LANES = 8  # int32 lanes of a 256-bit vector
 _ROW_BLOCK_BYTES = 256 * 1024  # activation rows kept in L2 per row block
 
@@ -70,6 +75,52 @@ def _dot_desc(a_dtype: str, b_dtype: str, k: int) -> tirx.PrimFunc:
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     return desc
+
+
+def _dot16_desc(a_dtype: str, b_dtype: str) -> tirx.PrimFunc:
+    """The 16-lane byte step's description: ``C[h, l] += sum_k A[k] * B[8 h + l, k]`` (``C`` two 8-lane halves)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), a_dtype, offset_factor=1),  # type: ignore[valid-type]
+        B: T.Buffer((16, 4), b_dtype, offset_factor=1),  # type: ignore[valid-type]
+        C: T.Buffer((2, 8), "int32", offset_factor=1),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:8], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:2, 0:8])
+            for h, i, kk in T.grid(2, 8, 4):
+                with T.sblock("update"):
+                    vh, vi, vk = T.axis.remap("SSR", [h, i, kk])
+                    C[vh, vi] = C[vh, vi] + T.cast(A[vk], "int32") * T.cast(B[vh * 8 + vi, vk], "int32")
+
+    return desc
+
+
+def _dot16_impl(a_dtype: str, b_dtype: str) -> tirx.PrimFunc:
+    """One 512-bit ``vpdpbusd``: ``A`` (4 bytes, broadcast) against ``B`` (16 lanes x 4 bytes) into ``C``."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), a_dtype, offset_factor=1),  # type: ignore[valid-type]
+        B: T.Buffer((16, 4), b_dtype, offset_factor=1),  # type: ignore[valid-type]
+        C: T.Buffer((2, 8), "int32", offset_factor=1),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:8], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:2, 0:8])
+            # C's two halves are contiguous (a compact 2 x 8 region of the accumulator): one 16-lane vector
+            C[0, T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(_VPDPBUSD_512),
+                C.vload([0, 0], dtype="int32x16"),
+                T.reinterpret(
+                    T.broadcast(T.reinterpret(A.vload([0], a_dtype + "x4"), dtype="int32"), 16), dtype=a_dtype + "x64"
+                ),
+                B.vload([0, 0], dtype=b_dtype + "x64"),
+                dtype="int32x16",
+            )
+
+    return impl
 
 
 @T.prim_func(s_tir=True)
@@ -154,6 +205,10 @@ def register_intrinsics() -> None:
         a_dtype, b_dtype, k, _ = _KINDS[kind]
         impl = _byte_dot_impl(a_dtype, b_dtype, vnni=True)
         s_tir.TensorIntrin.register(name, _dot_desc(a_dtype, b_dtype, k), impl, override=True)
+    a_dtype, b_dtype, _k, _ = _KINDS["u8s8"]
+    s_tir.TensorIntrin.register(
+        VPDPBUSD_512_INTRIN, _dot16_desc(a_dtype, b_dtype), _dot16_impl(a_dtype, b_dtype), override=True
+    )
     _registered = True
 
 
@@ -167,6 +222,22 @@ def has_vnni(target: Target) -> bool:
     return has_avx2(target) and (
         has_feature(target, "avxvnni") or (has_feature(target, "avx512vnni") and has_feature(target, "avx512vl"))
     )
+
+
+#: CPUs (LLVM names) whose integer GEMMs take 512-bit ``vpdpbusd`` (16 int32 lanes): measured on a 2-core VM that
+#: LLVM calls ``znver4``, a 512-bit ``vpdpbusd`` sums twice a 256-bit one's products per cycle (1,400 against 700
+#: GOP/s a core) and MiniLM int8 ran 6.11 -> 5.76 ms; the Intel Xeon of sessions 10-17 (``rocketlake``, one 512-bit
+#: port) ran EfficientNet 0.15-0.2 ms slower with it, so other CPUs keep 256-bit vectors.
+WIDE_VNNI_CPUS = ("znver4", "znver5")
+
+
+def kernel_lanes(kind: str, target: Target | None = None) -> int:
+    """The int32 lanes of a ``kind`` matmul kernel's vectors on ``target`` (default: the one being emitted for):
+    16 (512-bit ``vpdpbusd``) for ``u8s8`` on AVX-512 VNNI CPUs in :data:`WIDE_VNNI_CPUS`, else 8."""
+    target = target if target is not None else emit_target()
+    mcpu = str(target.attrs.get("mcpu", "") or "") if target is not None else ""
+    wide = kind == "u8s8" and has_vnni(target) and has_feature(target, "avx512vnni") and mcpu in WIDE_VNNI_CPUS
+    return 2 * _LANES if wide else _LANES
 
 
 @dataclass(frozen=True)
@@ -185,6 +256,7 @@ class QGemmPlan:
     mr: int
     nb: int
     kind: str = "s16"
+    lanes: int = _LANES  #: int32 lanes of a vector: 8, or 16 (``u8s8`` on 512-bit ``vpdpbusd``)
 
     @property
     def group(self) -> int:
@@ -212,7 +284,7 @@ class QGemmPlan:
         return ceil_to(self.n, self.nb)
 
 
-def plan_qgemm(m: int, k: int, n: int, kind: str = "s16") -> QGemmPlan:
+def plan_qgemm(m: int, k: int, n: int, kind: str = "s16", lanes: int = _LANES) -> QGemmPlan:
     """The register tile, least padding first (ties: more rows, which reuse each weight load more).
 
     Up to 6 rows x 2 column vectors (12 int32 accumulators; with the 2 weight vectors, the
@@ -222,13 +294,13 @@ def plan_qgemm(m: int, k: int, n: int, kind: str = "s16") -> QGemmPlan:
     best: tuple[float, int, int] | None = None
     for vecs in (2, 3, 1):
         for mr in range(3 if vecs == 3 else 6, 0, -1):
-            padded = ceil_to(m, mr) * ceil_to(n, vecs * _LANES) / (m * n)
+            padded = ceil_to(m, mr) * ceil_to(n, vecs * lanes) / (m * n)
             cost = padded**2 * (1.0 + 0.3 / mr + 0.25 / vecs)  # padding also costs a copy; thin tiles: loads
             if best is None or cost < best[0] - 1e-9:
-                best = (cost, mr, vecs * _LANES)
+                best = (cost, mr, vecs * lanes)
     if best is None:  # pragma: no cover - the loops always run
         raise ValueError("no register tile")
-    return QGemmPlan(m, k, n, best[1], best[2], kind)
+    return QGemmPlan(m, k, n, best[1], best[2], kind, lanes)
 
 
 def pack_qweight(w: np.ndarray, plan: QGemmPlan) -> np.ndarray:
@@ -316,18 +388,21 @@ def qgemm_func(
     the packed uint8 activations, and ``scale`` / ``corr`` / ``bias`` index rows (``[M]``).
     """
     p = plan
-    mr, nb, g = p.mr, p.nb, p.group
+    mr, nb, g, lanes = p.mr, p.nb, p.group, p.lanes
     a_dtype, w_dtype = _KINDS[p.kind][:2]
     a = te.placeholder((p.mp, p.kp), a_dtype, name="A")
     w = te.placeholder((p.np_ // nb, p.kp // g, nb, g), w_dtype, name="W")
     channels = p.m if p.per_row else p.n
     rko = te.reduce_axis((0, p.kp // g), name="ko")
     rki = te.reduce_axis((0, g), name="ki")
-    # columns as (panel, vector, lane): an output written channel-blocked then reads single-variable indices
+    # columns as (panel, vector, lane): an output written channel-blocked then reads single-variable indices; a
+    # 16-lane vector as (2, 8) lanes, so that an 8-channel block of it is one index too
+    halves = [lanes // _LANES] if lanes != _LANES else []
     acc = te.compute(
-        (p.mp // mr, mr, p.np_ // nb, nb // _LANES, _LANES),
-        lambda io, ii, jo, jv, jl: te.sum(
-            a[io * mr + ii, rko * g + rki].astype("int32") * w[jo, rko, jv * _LANES + jl, rki].astype("int32"),
+        (p.mp // mr, mr, p.np_ // nb, nb // lanes, *halves, _LANES),
+        lambda io, ii, jo, jv, *jl: te.sum(
+            a[io * mr + ii, rko * g + rki].astype("int32")
+            * w[jo, rko, jv * lanes + (jl[0] * _LANES + jl[1] if halves else jl[0]), rki].astype("int32"),
             axis=[rko, rki],
         ),
         name="acc",
@@ -351,8 +426,8 @@ def qgemm_func(
 
     def epi(i: tirx.Var, j: tirx.PrimExpr, col: tuple[tirx.PrimExpr, ...] | None = None) -> tirx.PrimExpr:
         """The output at row ``i``, column ``j`` (``col``: its (panel, vector, lane) when known)."""
-        jo, jv, jl = col if col is not None else (j // nb, (j % nb) // _LANES, j % _LANES)
-        total = acc(i // mr, i % mr, jo, jv, jl)
+        jo, jv, jh, jl = col if col is not None else (j // nb, (j % nb) // lanes, j % lanes // _LANES, j % _LANES)
+        total = acc(i // mr, i % mr, jo, jv, *([jh] if halves else []), jl)
         c = i if p.per_row else j
         if corr is not None:
             total = total + corr[c]
@@ -367,16 +442,20 @@ def qgemm_func(
 
     if out_block:
         if out_block != _LANES:
-            raise ValueError(f"out_block must be {_LANES} (the vector lanes), got {out_block}")
-        vecs = nb // _LANES
+            raise ValueError(f"out_block must be {_LANES}, got {out_block}")
+        if lanes != out_block:
+            raise ValueError(f"a blocked output needs 8-lane vectors, got a {lanes}-lane plan")
+        vecs = nb // lanes
 
         def blocked(cb: tirx.Var, i: tirx.Var, ln: tirx.Var) -> tirx.PrimExpr:
-            return epi(i, cb * _LANES + ln, (cb // vecs, cb % vecs, ln))
+            return epi(i, cb * lanes + ln, (cb // vecs, cb % vecs, 0, ln))
 
         out = te.compute((p.n // out_block, p.m, out_block), blocked, name="out")
     else:
         out = te.compute((p.m, p.n), lambda i, j: epi(i, j), name="out")
     func = te.create_prim_func([*args, out]).with_attr(QKERNEL_ATTR, p.kind).with_attr("op_pattern", 8)
+    if p.lanes != _LANES:
+        func = func.with_attr(LANES_ATTR, p.lanes)
     if p.kind in _VNNI_INTRINS and has_vnni(emit_target()):  # its weight order may rely on vpdpbusd
         func = func.with_attr(NEEDS_VNNI_ATTR, True)
     return func
@@ -401,7 +480,8 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
 
     Loop nest: ``(row block, column panel)`` fused and parallel -> row tiles -> ``k`` groups ->
     rows (unrolled) -> column vectors (unrolled) -> 8 lanes x g k (``vpmaddwd``, or ``vpmaddubsw``
-    + ``vpmaddwd``); the epilogue runs per tile. A row block's activations (``_ROW_BLOCK_BYTES``)
+    + ``vpmaddwd``, or ``vpdpbusd``; 16 lanes, one 512-bit ``vpdpbusd``, for a kernel planned with 16-lane vectors,
+    see :func:`kernel_lanes`); the epilogue runs per tile. A row block's activations (``_ROW_BLOCK_BYTES``)
     stay in L2 while every column panel (``Kp x nb`` weights, L1) streams them; the accumulator
     tile is allocated once per panel.
     """
@@ -420,16 +500,24 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
             f"the integer kernel was emitted for a CPU with VNNI, but target {target} has none: emit the model "
             "under the target it is built for"
         )
+    wide = int(func.attrs.get(LANES_ATTR, _LANES)) == 16
+    if wide and not (vnni and kind == "u8s8" and has_feature(target, "avx512vnni")):
+        raise BackendError(f"the 16-lane integer kernel needs AVX-512 VNNI, which target {target} lacks")
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     out = sch.get_sblock("out")
-    io, ii, jo, jv, jl, ko, ki = sch.get_loops(acc)
-    nb = int(sch.get(jv).extent) * int(sch.get(jl).extent)
+    if wide:  # the 16 lanes are two loops (2 x 8), tensorized together
+        io, ii, jo, jv, jl, jl8, ko, ki = sch.get_loops(acc)
+        nb = int(sch.get(jv).extent) * 16
+    else:
+        io, ii, jo, jv, jl, ko, ki = sch.get_loops(acc)
+        jl8 = None
+        nb = int(sch.get(jv).extent) * int(sch.get(jl).extent)
     tiles, mr = int(sch.get(io).extent), int(sch.get(ii).extent)
     row_bytes = int(sch.get(ko).extent) * int(sch.get(ki).extent) * (2 if kind == "s16" else 1)
     per = row_block_tiles(tiles, int(sch.get(jo).extent), _ROW_BLOCK_BYTES // max(1, row_bytes * mr), target)
     ib, it = sch.split(io, factors=[None, per])
-    sch.reorder(ib, jo, it, ko, ii, jv, jl, ki)
+    sch.reorder(ib, jo, it, ko, ii, jv, jl, *([jl8] if jl8 is not None else []), ki)
     sch.parallel(sch.fuse(ib, jo))
     tile = it
     sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
@@ -443,7 +531,7 @@ def schedule_qgemm(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
         register_intrinsics()
         init = sch.decompose_reduction(acc, ko)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(jl, _VNNI_INTRINS[kind] if vnni else _KINDS[kind][3])
+        sch.tensorize(jl, VPDPBUSD_512_INTRIN if wide else _VNNI_INTRINS[kind] if vnni else _KINDS[kind][3])
         # keep the accumulator tile in registers (set after tensorizing: the intrinsic's buffers are global)
         sch.set_scope(init, 0, "local")
     else:  # LLVM vectorises the 8 columns (the k group unrolled outside them)
