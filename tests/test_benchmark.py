@@ -131,10 +131,29 @@ def test_time_callable_caps_repetitions_by_budget() -> None:
         calls.append(1)
         time.sleep(0.02)
 
-    median, n = benchmark.time_callable(slow, repeat=50, warmup=2, budget_s=0.1)
+    median, n = benchmark.time_callable(slow, repeat=50, warmup=2, budget_s=0.1, settle_s=0.0)
     assert 3 <= n <= 5  # 0.1 s budget / >= 0.02 s per run, instead of 50
     assert len(calls) == 2 + n
     assert median >= 20.0
+
+
+def test_time_samples_warms_up_for_the_settling_time() -> None:
+    """After another engine, the first runs are slow while its threads still spin: the untimed runs last
+    ``settle_s`` at least, however few ``warmup`` asks for, and the timed ones start after them."""
+    import time
+
+    stamps: list[float] = []
+
+    def run() -> None:
+        stamps.append(time.perf_counter())
+        time.sleep(0.005)
+
+    start = time.perf_counter()
+    times = benchmark.time_samples(run, repeat=4, warmup=1, budget_s=10.0, settle_s=0.1)
+    assert len(times) == 4
+    untimed = stamps[: len(stamps) - 4]
+    assert len(untimed) >= 10  # 0.1 s of 5 ms runs
+    assert stamps[-4] - start >= 0.1
 
 
 def test_paired_ratio_compares_rows_within_each_round() -> None:
@@ -157,7 +176,7 @@ def test_time_rows_rotates_engines_over_rounds_and_keeps_skipped_rows() -> None:
     rows = [benchmark.Row("m", e) for e in ("a", "b", "c")]
     skipped = benchmark.Row("m", "d", status="skipped", reason="no")
     prepared = [(rows[0], engine("a")), (rows[1], engine("b")), (rows[2], engine("c")), (skipped, None)]
-    s = benchmark.Settings(repeat=9, warmup=1, rounds=3, time_budget=60.0)
+    s = benchmark.Settings(repeat=9, warmup=1, rounds=3, time_budget=60.0, settle=0.0)
     benchmark.time_rows(prepared, s)
     # per round: each engine runs 1 warm-up + 3 timed runs, starting one engine later each round
     firsts = [order[i] for i in range(0, len(order), 4)]

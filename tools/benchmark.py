@@ -174,18 +174,33 @@ def set_threads(threads: int) -> None:
     set_num_threads(threads)
 
 
+#: Seconds an engine runs untimed before its timed runs (at least ``warmup`` runs): right after another engine
+#: the first runs are slow while that engine's worker threads still spin. Measured on EfficientNet, 2 threads:
+#: ORT's static int8 took 7-8 ms a run for its first 5-14 runs (50-100 ms) after ORT's dynamic int8 session, 2.3-3.0
+#: after; ORT fp32 up to 20 ms for its first 1-7. Three warm-up runs left most of that in the timed runs.
+SETTLE_S = 0.25
+
+
 def time_samples(
-    fn: Callable[[], Any], *, repeat: int, warmup: int, budget_s: float, sync: Callable[[], None] = lambda: None
+    fn: Callable[[], Any],
+    *,
+    repeat: int,
+    warmup: int,
+    budget_s: float,
+    sync: Callable[[], None] = lambda: None,
+    settle_s: float = SETTLE_S,
 ) -> list[float]:
-    """Milliseconds of each timed run of ``fn`` after ``warmup`` runs; repetitions capped so the timing
-    fits ``budget_s`` (>= 3)."""
+    """Milliseconds of each timed run of ``fn`` after ``warmup`` untimed runs that last ``settle_s`` seconds at least;
+    repetitions capped so the timing fits ``budget_s`` (>= 3)."""
     t0 = time.perf_counter()
     fn()
     sync()
     first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
+    done = 1
+    while done < warmup or time.perf_counter() - t0 < settle_s:
         fn()
-    sync()
+        sync()
+        done += 1
     n = max(3, min(repeat, int(budget_s / max(first, 1e-6))))
     times = []
     for _ in range(n):
@@ -197,10 +212,16 @@ def time_samples(
 
 
 def time_callable(
-    fn: Callable[[], Any], *, repeat: int, warmup: int, budget_s: float, sync: Callable[[], None] = lambda: None
+    fn: Callable[[], Any],
+    *,
+    repeat: int,
+    warmup: int,
+    budget_s: float,
+    sync: Callable[[], None] = lambda: None,
+    settle_s: float = SETTLE_S,
 ) -> tuple[float, int]:
     """Median ms of ``fn`` after ``warmup`` runs and the number of timed runs (see :func:`time_samples`)."""
-    times = time_samples(fn, repeat=repeat, warmup=warmup, budget_s=budget_s, sync=sync)
+    times = time_samples(fn, repeat=repeat, warmup=warmup, budget_s=budget_s, sync=sync, settle_s=settle_s)
     return float(statistics.median(times)), len(times)
 
 
@@ -339,6 +360,7 @@ class Settings:
     limit: int = 200
     time_budget: float = 10.0  #: seconds of timed runs per row at most (>= 3 runs per round)
     rounds: int = 3  #: round-robin timing rounds (see :func:`time_rows`)
+    settle: float = SETTLE_S  #: seconds of untimed runs before each engine's timed runs in a round
     eval_budget: float = 60.0  #: seconds of accuracy evaluation per row at most (>= 8 items)
     calib: int = 32
     engines: tuple[str, ...] = ENGINES
@@ -433,7 +455,7 @@ def prepare_row(
         eng = make()
         row.build_seconds = round(time.perf_counter() - t0, 3)
         row.size_bytes = int(eng.size_bytes)
-        first = time_samples(eng.timed, repeat=1, warmup=1, budget_s=0.0, sync=eng.sync)
+        first = time_samples(eng.timed, repeat=1, warmup=1, budget_s=0.0, sync=eng.sync, settle_s=0.0)
         per_item_s = statistics.median(first) / 1e3 * (2 if name == "minilm" else 1)  # MiniLM embeds two texts
         row.eval_limit = max(1, min(s.limit, max(8, int(s.eval_budget / max(per_item_s, 1e-6)))))
         if s.limit > 0:
@@ -474,7 +496,12 @@ def time_rows(prepared: Sequence[tuple[Row, Engine | None]], s: Settings) -> Non
                 continue
             try:
                 got = time_samples(
-                    eng.timed, repeat=per_round, warmup=s.warmup, budget_s=s.time_budget / rounds, sync=eng.sync
+                    eng.timed,
+                    repeat=per_round,
+                    warmup=s.warmup,
+                    budget_s=s.time_budget / rounds,
+                    sync=eng.sync,
+                    settle_s=s.settle,
                 )
             except Exception as exc:
                 _skipped(row, exc)
@@ -655,6 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=200, help="items for the accuracy metric at most (0: skip)")
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds of timed runs per row at most")
     p.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds over the engines (default 3)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help=f"seconds of untimed runs per engine and round (default {SETTLE_S})",
+    )
     p.add_argument("--eval-budget", type=float, default=60.0, help="seconds of accuracy evaluation per row at most")
     p.add_argument("--calib", type=int, default=32, help="calibration samples for static int8 (default 32)")
     p.add_argument("--tuning-db", default=None, help="tuning database for the 'cacc x86 tuned' row")
@@ -674,6 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit=args.limit,
         time_budget=args.time_budget,
         rounds=args.rounds,
+        settle=args.settle,
         eval_budget=args.eval_budget,
         calib=args.calib,
         engines=tuple(args.engines or ENGINES),
