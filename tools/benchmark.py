@@ -6,9 +6,10 @@ int4 row beside GPTQ's, the baseline it must beat).
 
 Every engine runs in the same process with the same thread count (torch intra-op threads, ORT
 intra-op threads, TVM's pool). For each model and engine it reports the median latency of one
-batch-1 inference (after warm-up; slow engines get fewer repetitions, within ``--time-budget``
-seconds; engines are timed round-robin in ``--rounds`` rounds after all are built, so that a slow
-phase of the machine does not land on one row), the ratio to ORT fp32, the model size, and the model's accuracy metric
+batch-1 inference (after ``--warmup`` runs lasting ``--settle`` seconds at least; slow engines get fewer
+repetitions, within ``--time-budget`` seconds; engines are timed round-robin in ``--rounds`` rounds after all are
+built, so that a slow phase of the machine does not land on one row), the ratio to ORT fp32 (the median of the
+ratios within each round), the model size, and the model's accuracy metric
 (``spec.evaluate(predict, limit)``; fidelity to the fp32 model where the model reports it: EfficientNet's
 ``top1_agreement``, MiniLM's ``cos_fp32``). A row that fails is kept with its reason, never aborting the
 run. Writes ``benchmark.json`` and ``benchmark.png`` under ``--out`` and prints a table.
@@ -477,7 +478,8 @@ def _skipped(row: Row, exc: Exception) -> Row:
 def time_rows(prepared: Sequence[tuple[Row, Engine | None]], s: Settings) -> None:
     """Fill in each row's median latency, timing the engines in ``s.rounds`` round-robin rounds.
 
-    Each round times every engine for its share of ``s.repeat`` runs (after ``s.warmup`` untimed runs),
+    Each round times every engine for its share of ``s.repeat`` runs (after ``s.warmup`` untimed runs lasting
+    ``s.settle`` seconds at least),
     starting one engine later than the round before; the median is over all rounds' runs, so a slow
     phase of a shared machine hits every engine alike instead of whichever row ran during it. Each round's
     own median is kept too (``Row.round_ms``), for ratios between rows measured in the same rounds
