@@ -285,7 +285,8 @@ class QGemmPlan:
 
 
 def plan_qgemm(m: int, k: int, n: int, kind: str = "s16", lanes: int = _LANES) -> QGemmPlan:
-    """The register tile, least padding first (ties: more rows, which reuse each weight load more).
+    """The register tile, least padding first (ties: more rows, which reuse each weight load more), of column
+    vectors of ``lanes`` int32 lanes (see :func:`kernel_lanes`).
 
     Up to 6 rows x 2 column vectors (12 int32 accumulators; with the 2 weight vectors, the
     broadcast activation and the product LLVM spills only the constant ``vpmaddwd`` ones), or 3
@@ -396,7 +397,8 @@ def qgemm_func(
     rko = te.reduce_axis((0, p.kp // g), name="ko")
     rki = te.reduce_axis((0, g), name="ki")
     # columns as (panel, vector, lane): an output written channel-blocked then reads single-variable indices; a
-    # 16-lane vector as (2, 8) lanes, so that an 8-channel block of it is one index too
+    # 16-lane vector as (2 halves, 8 lanes), so that the epilogue's reads stay single-variable indices too (which
+    # computing it per register tile needs; ``h * 8 + l`` is not one)
     halves = [lanes // _LANES] if lanes != _LANES else []
     acc = te.compute(
         (p.mp // mr, mr, p.np_ // nb, nb // lanes, *halves, _LANES),
