@@ -231,11 +231,11 @@ def has_vnni(target: Target) -> bool:
 WIDE_VNNI_CPUS = ("znver4", "znver5")
 
 
-def kernel_lanes(kind: str, target: Target | None = None) -> int:
-    """The int32 lanes of a ``kind`` matmul kernel's vectors on ``target`` (default: the one being emitted for):
-    16 (512-bit ``vpdpbusd``) for ``u8s8`` on AVX-512 VNNI CPUs in :data:`WIDE_VNNI_CPUS`, else 8."""
-    target = target if target is not None else emit_target()
-    mcpu = str(target.attrs.get("mcpu", "") or "") if target is not None else ""
+def kernel_lanes(kind: str) -> int:
+    """The int32 lanes of a ``kind`` matmul kernel's vectors on the target being emitted for: 16 (512-bit
+    ``vpdpbusd``) for ``u8s8`` on AVX-512 VNNI CPUs in :data:`WIDE_VNNI_CPUS`, else 8."""
+    target = emit_target()
+    mcpu = str(target.attrs.get("mcpu", "") or "")
     wide = kind == "u8s8" and has_vnni(target) and has_feature(target, "avx512vnni") and mcpu in WIDE_VNNI_CPUS
     return 2 * _LANES if wide else _LANES
 
