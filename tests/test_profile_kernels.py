@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+import pytest
 from onnx import helper
 
 from backends.tvm import host_target
@@ -55,3 +56,17 @@ def test_in_model_times_cover_every_kernel_call() -> None:
     assert set(inside.seconds) == set(calls)
     assert all(t >= 0 for t in inside.seconds.values()) and sum(inside.seconds.values()) > 0
     assert 0 < inside.hook_us < 50 and inside.model_ms > 0
+
+
+def test_peak_share_holds_integer_kernels_to_the_dot_product_peak() -> None:
+    peaks = {"fp32 FMA ymm": 100.0, "fp32 FMA zmm": 110.0, "int8 vpdpbusd ymm": 400.0}
+    # 2 GFLOP in 10 ms = 200 GFLOP/s on 2 threads
+    qconv = profile_kernels.KernelTime("cacc_qconv1x1_blocked_u8s83", 1, 0.01, 2e9)
+    conv = profile_kernels.KernelTime("cacc_conv2d_nchwc4", 1, 0.01, 2e9)
+    assert profile_kernels.peak_share(qconv, peaks, threads=2) == pytest.approx(200 / 800)
+    assert profile_kernels.peak_share(conv, peaks, threads=2) == pytest.approx(200 / 220)
+    # no operation count (a copy), or no integer probe on this CPU: no share
+    assert (
+        profile_kernels.peak_share(profile_kernels.KernelTime("cacc_quantize_operand", 1, 0.01, 0.0), peaks, 2) is None
+    )
+    assert profile_kernels.peak_share(qconv, {"fp32 FMA ymm": 100.0}, threads=2) is None

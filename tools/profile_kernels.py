@@ -13,7 +13,10 @@ the model pays. The times are upper bounds: in a large model the hook's Python p
 of cache (EfficientNet-Lite0 int8: the in-model times sum to ~9% more than a run without the hook).
 The VM's own work between kernels is small (~0.3 us a call, ~0.2 us a reshape).
 
-    python tools/profile_kernels.py efficientnet_lite0 [--quant int8|int4] [--top 25] [--in-model]
+``--peak`` adds each kernel's rate as a share of the machine's peak on the threads used (``tools/cpu_peak.py``:
+an integer kernel against ``vpdpbusd``, any other against the fp32 FMA).
+
+    python tools/profile_kernels.py efficientnet_lite0 [--quant int8|int4] [--top 25] [--in-model] [--peak]
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ class KernelTime:
     def total_ms(self) -> float:
         """Milliseconds the model spends in this kernel per run."""
         return self.calls * self.seconds * 1e3
+
+
+#: Name parts of the kernels that compute on integers (their operation counts are integer multiply-adds).
+INTEGER_KERNELS = ("_u8s8", "_s8u8", "_s16", "qgemm", "qconv")
+
+
+def peak_share(row: KernelTime, peaks: dict[str, float], threads: int) -> float | None:
+    """``row``'s rate as a share of ``threads`` cores' peak (:func:`cpu_peak.measure_peaks` rates by probe name):
+    integer kernels against the best ``vpdpbusd``, others against the best fp32 FMA; ``None`` without one."""
+    integer = any(part in row.name for part in INTEGER_KERNELS)
+    rates = [r for name, r in peaks.items() if name.startswith("int8" if integer else "fp32")]
+    if not rates or row.flops <= 0:
+        return None
+    return row.gflops / (max(rates) * threads)
 
 
 def reduction_flops(func: tvm.tirx.PrimFunc) -> float:
@@ -216,6 +233,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--cold", action="store_true", help="flush caches (but the first argument's) before each run")
     ap.add_argument("--in-model", action="store_true", help="also time each kernel inside the model's own runs")
+    ap.add_argument("--peak", action="store_true", help="each kernel's share of the CPU's peak (tools/cpu_peak.py)")
     args = ap.parse_args()
 
     spec = models.get(args.model)
@@ -236,19 +254,30 @@ def main() -> None:
         inputs = [np.asarray(a) for a in spec.example_inputs]  # torch tensors share their memory
         inside = in_model_times(cm.executable, inputs, {r.name: r.calls for r in rows})
         rows.sort(key=lambda r: -inside.seconds.get(r.name, 0.0))
+    peaks = None
+    if args.peak:
+        from cpu_peak import measure_peaks  # tools/cpu_peak.py, beside this script
+
+        peaks = measure_peaks()
     head = f"{'kernel':<30} {'first two arguments':<24} {'calls':>5} {'us/call':>9} {'GFLOP/s':>8} {'ms total':>9}"
-    print(f"{head} {'share':>6}" + (f" {'in model':>9}" if inside else ""))
+    print(f"{head} {'share':>6}" + (f" {'in model':>9}" if inside else "") + (f" {'of peak':>7}" if peaks else ""))
     for r in rows[: args.top]:
         line = (
             f"{r.name[:30]:<30} {r.shapes[:24]:<24} {r.calls:>5} {r.seconds * 1e6:>9.1f} {r.gflops:>8.1f}"
             f" {r.total_ms:>9.3f} {r.total_ms / total:>6.1%}"
         )
-        print(line + (f" {inside.seconds.get(r.name, 0.0) * 1e3:>9.3f}" if inside else ""))
+        line += f" {inside.seconds.get(r.name, 0.0) * 1e3:>9.3f}" if inside else ""
+        if peaks is not None:
+            share = peak_share(r, peaks, args.threads)
+            line += f" {share:>7.0%}" if share is not None else f" {'-':>7}"
+        print(line)
     line = f"{'sum of kernels':<55} {sum(r.calls for r in rows):>5} {'':>9} {'':>8} {total:>9.3f}"
     print(line + (f" {'':>6} {sum(inside.seconds.values()) * 1e3:>9.3f}" if inside else ""))
     if inside:
         hook = f"hook cost {inside.hook_us:.1f} us a call taken off"
         print(f"model {inside.model_ms:.3f} ms a run (in-model times: {hook})")
+    if peaks:
+        print("peak a core: " + ", ".join(f"{name} {rate:.0f} Gop/s" for name, rate in peaks.items()))
 
 
 if __name__ == "__main__":
