@@ -224,10 +224,12 @@ def has_vnni(target: Target) -> bool:
     )
 
 
-#: CPUs (LLVM names) whose integer GEMMs take 512-bit ``vpdpbusd`` (16 int32 lanes): measured on a 2-core VM that
-#: LLVM calls ``znver4``, a 512-bit ``vpdpbusd`` sums twice a 256-bit one's products per cycle (1,400 against 700
-#: GOP/s a core) and MiniLM int8 ran 6.11 -> 5.76 ms; the Intel Xeon of sessions 10-17 (``rocketlake``, one 512-bit
-#: port) ran EfficientNet 0.15-0.2 ms slower with it, so other CPUs keep 256-bit vectors.
+#: CPUs (LLVM names) whose integer GEMMs take 512-bit ``vpdpbusd`` (16 int32 lanes). On a 2-core VM that LLVM calls
+#: ``znver4`` both widths peak at the same ~465 GOP/s a core (``tools/cpu_peak.py``), but a 16-lane kernel needs half
+#: the activation broadcasts and instructions per product, and it measured faster (so the 8-lane kernel is not
+#: bound by its dot products): MiniLM int8 ran 6.11 -> 5.76 ms (session 18), 0.85-0.91x the 8-lane time in session
+#: 19 (bit-identical). The Intel Xeon of sessions 10-17 (``rocketlake``) ran EfficientNet 0.15-0.2 ms slower with
+#: it, so other CPUs keep 256-bit vectors.
 WIDE_VNNI_CPUS = ("znver4", "znver5")
 
 
