@@ -59,12 +59,14 @@ def test_in_model_times_cover_every_kernel_call() -> None:
 
 
 def test_peak_share_holds_integer_kernels_to_the_dot_product_peak() -> None:
-    peaks = {"fp32 FMA ymm": 100.0, "fp32 FMA zmm": 110.0, "int8 vpdpbusd ymm": 400.0}
+    peaks = {"fp32 FMA ymm": 100.0, "fp32 FMA zmm": 110.0, "int8 vpdpbusd ymm": 400.0, "int16 vpdpwssd ymm": 200.0}
     # 2 GFLOP in 10 ms = 200 GFLOP/s on 2 threads
     qconv = profile_kernels.KernelTime("cacc_qconv1x1_blocked_u8s83", 1, 0.01, 2e9)
     conv = profile_kernels.KernelTime("cacc_conv2d_nchwc4", 1, 0.01, 2e9)
     assert profile_kernels.peak_share(qconv, peaks, threads=2) == pytest.approx(200 / 800)
     assert profile_kernels.peak_share(conv, peaks, threads=2) == pytest.approx(200 / 220)
+    s16 = profile_kernels.KernelTime("cacc_qconv1x1_blocked_s16", 1, 0.01, 2e9)
+    assert profile_kernels.peak_share(s16, peaks, threads=2) == pytest.approx(200 / 400)
     # no operation count (a copy), or no integer probe on this CPU: no share
     assert (
         profile_kernels.peak_share(profile_kernels.KernelTime("cacc_quantize_operand", 1, 0.01, 0.0), peaks, 2) is None

@@ -1,11 +1,11 @@
 """Peak arithmetic rates of this CPU's vector instructions, one core: the roofline the kernels are held to.
 
-Each rate is one instruction (an fp32 FMA, or an int8 dot product ``vpdpbusd``) issued on twelve independent
-accumulators in a C loop compiled for the host (``cc -O2 -march=native``), so the loop is throughput-bound, not
-latency-bound. Twelve accumulators with equal starting values and operands are one value to a compiler: it
-merges them into a single latency-bound chain (what session 18's hand-written probe measured, and took for the
-peak). Here each accumulator starts from its own value and passes through an empty ``asm`` barrier, and the
-generated assembly is checked to hold the twelve instructions before anything is timed.
+Each rate is one instruction (an fp32 FMA, an int8 dot product ``vpdpbusd`` or an int16 one ``vpdpwssd``) issued
+on twelve independent accumulators in a C loop compiled for the host (``cc -O2 -march=native``), so the loop is
+throughput-bound, not latency-bound. Twelve accumulators with equal starting values and operands are one value to
+a compiler: it merges them into a single latency-bound chain (what session 18's hand-written probe measured, and
+took for the peak). Here each accumulator starts from its own value and passes through an empty ``asm`` barrier,
+and the generated assembly is checked to hold the twelve instructions before anything is timed.
 
     python tools/cpu_peak.py            # prints Gop/s a core for each instruction the host has
 
@@ -50,6 +50,18 @@ PROBES = (
     ),
     Probe(
         "int8 vpdpbusd zmm", "__m512i", "_mm512_set1_epi32", "_mm512_dpbusd_epi32", "vpdpbusd", 128, ("avx512_vnni",)
+    ),
+    Probe(
+        "int16 vpdpwssd ymm",
+        "__m256i",
+        "_mm256_set1_epi32",
+        "_mm256_dpwssd_epi32",
+        "vpdpwssd",
+        32,
+        ("avx512_vnni", "avx512vl"),
+    ),
+    Probe(
+        "int16 vpdpwssd zmm", "__m512i", "_mm512_set1_epi32", "_mm512_dpwssd_epi32", "vpdpwssd", 64, ("avx512_vnni",)
     ),
 )
 

@@ -14,7 +14,7 @@ of cache (EfficientNet-Lite0 int8: the in-model times sum to ~9% more than a run
 The VM's own work between kernels is small (~0.3 us a call, ~0.2 us a reshape).
 
 ``--peak`` adds each kernel's rate as a share of the machine's peak on the threads used (``tools/cpu_peak.py``:
-an integer kernel against ``vpdpbusd``, any other against the fp32 FMA).
+an 8-bit integer kernel against ``vpdpbusd``, a 16-bit one against ``vpdpwssd``, any other against the fp32 FMA).
 
     python tools/profile_kernels.py efficientnet_lite0 [--quant int8|int4] [--top 25] [--in-model] [--peak]
 """
@@ -55,15 +55,23 @@ class KernelTime:
         return self.calls * self.seconds * 1e3
 
 
-#: Name parts of the kernels that compute on integers (their operation counts are integer multiply-adds).
-INTEGER_KERNELS = ("_u8s8", "_s8u8", "_s16", "qgemm", "qconv")
+#: Name parts of the kernels that compute on 8-bit integers (their operation counts are integer multiply-adds), and
+#: of those whose operands are 16-bit.
+INT8_KERNELS = ("_u8s8", "_s8u8", "qgemm", "qconv")
+INT16_KERNELS = ("_s16",)
 
 
 def peak_share(row: KernelTime, peaks: dict[str, float], threads: int) -> float | None:
     """``row``'s rate as a share of ``threads`` cores' peak (:func:`cpu_peak.measure_peaks` rates by probe name):
-    integer kernels against the best ``vpdpbusd``, others against the best fp32 FMA; ``None`` without one."""
-    integer = any(part in row.name for part in INTEGER_KERNELS)
-    rates = [r for name, r in peaks.items() if name.startswith("int8" if integer else "fp32")]
+    16-bit integer kernels against the best ``vpdpwssd``, other integer kernels against the best ``vpdpbusd``, the
+    rest against the best fp32 FMA; ``None`` without a probe of that kind or an operation count."""
+    if any(part in row.name for part in INT16_KERNELS):
+        kind = "int16"
+    elif any(part in row.name for part in INT8_KERNELS):
+        kind = "int8"
+    else:
+        kind = "fp32"
+    rates = [r for name, r in peaks.items() if name.startswith(kind + " ")]
     if not rates or row.flops <= 0:
         return None
     return row.gflops / (max(rates) * threads)
