@@ -143,7 +143,16 @@ def measure_probe(probe: Probe, iters: int = 20_000_000, cc: str = "cc") -> floa
         found = loop_instructions(asm.stdout, probe.mnemonic)
         if found < CHAINS:
             raise PeakError(f"the {probe.name} probe's loop holds {found} {probe.mnemonic}, not {CHAINS}")
-        return max(float(subprocess.run([str(exe)], capture_output=True, text=True).stdout) for _ in range(3))
+        rates = []
+        for _ in range(3):
+            run = subprocess.run([str(exe)], capture_output=True, text=True)
+            try:
+                rates.append(float(run.stdout))
+            except ValueError:
+                raise PeakError(
+                    f"the {probe.name} probe failed (exit {run.returncode}): {run.stderr.strip()}"
+                ) from None
+        return max(rates)
 
 
 def measure_peaks(iters: int = 20_000_000, cc: str = "cc") -> dict[str, float]:
