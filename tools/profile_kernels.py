@@ -275,7 +275,7 @@ def main() -> None:
             f" {r.total_ms:>9.3f} {r.total_ms / total:>6.1%}"
         )
         line += f" {inside.seconds.get(r.name, 0.0) * 1e3:>9.3f}" if inside else ""
-        if peaks is not None:
+        if peaks:
             share = peak_share(r, peaks, args.threads)
             line += f" {share:>7.0%}" if share is not None else f" {'-':>7}"
         print(line)
