@@ -52,3 +52,10 @@ def test_a_probe_whose_loop_lost_chains_is_refused(monkeypatch: pytest.MonkeyPat
 @needs_cc
 def test_measure_probe_gives_a_positive_rate() -> None:
     assert cpu_peak.measure_probe(FMA, iters=200_000) > 0
+
+
+def test_probes_the_compiler_cannot_build_are_left_out_with_a_warning() -> None:
+    if not any(all(f in cpu_peak.host_flags() for f in p.flags) for p in cpu_peak.PROBES):
+        pytest.skip("no probe applies to this CPU")
+    with pytest.warns(RuntimeWarning, match="cannot compile the .* probe with false"):
+        assert cpu_peak.measure_peaks(iters=1000, cc="false") == {}
