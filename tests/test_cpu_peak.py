@@ -20,6 +20,7 @@ def test_loop_instructions_counts_the_busiest_block() -> None:
     asm = "main:\n\tvxorps %ymm0, %ymm0, %ymm0\n.L3:\n" + "\tvfmadd231ps %ymm1, %ymm2, %ymm3\n" * 5
     asm += "\tjne .L3\n.L4:\n\tvfmadd132sd .LC0(%rip), %xmm0, %xmm1\n"
     assert cpu_peak.loop_instructions(asm, "vfmadd") == 5
+    assert cpu_peak.loop_instructions(".L2:\n" + "\t{vex} vpdpbusd %ymm1, %ymm2, %ymm3\n" * 3, "vpdpbusd") == 3
 
 
 def _asm(source: str) -> str:
