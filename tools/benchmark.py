@@ -212,20 +212,6 @@ def time_samples(
     return times
 
 
-def time_callable(
-    fn: Callable[[], Any],
-    *,
-    repeat: int,
-    warmup: int,
-    budget_s: float,
-    sync: Callable[[], None] = lambda: None,
-    settle_s: float = SETTLE_S,
-) -> tuple[float, int]:
-    """Median ms of ``fn`` after ``warmup`` runs and the number of timed runs (see :func:`time_samples`)."""
-    times = time_samples(fn, repeat=repeat, warmup=warmup, budget_s=budget_s, sync=sync, settle_s=settle_s)
-    return float(statistics.median(times)), len(times)
-
-
 # ---------------------------------------------------------------------------------------------- engines
 
 
